@@ -1,0 +1,3 @@
+from cival.cli import main
+
+main()

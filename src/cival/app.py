@@ -1,0 +1,50 @@
+"""The FastAPI app factory and its lifespan (the spec's main_consolidated.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from cival import __version__
+from cival.api import system
+from cival.api.errors import install_error_handlers
+from cival.api.middleware import RequestIdMiddleware
+from cival.config import Settings, get_settings
+from cival.core.logging import configure_logging
+from cival.core.metrics import MetricsMiddleware
+from cival.core.service_registry import ServiceRegistry
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; services are started by the lifespan, not at import."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    registry = ServiceRegistry(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await registry.start()
+            yield
+        finally:
+            await registry.close()
+
+    app = FastAPI(
+        title="Cival",
+        version=__version__,
+        summary="Multi-tenant crypto trading platform: orders, paper exchange, portfolio, risk, live channels.",
+        lifespan=lifespan,
+    )
+    app.state.registry = registry
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=registry.metrics)
+    app.add_middleware(RequestIdMiddleware)
+    app.include_router(system.router)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """Entry point for `uvicorn --factory cival.app:app_factory` (one app per worker process)."""
+    return create_app(get_settings())

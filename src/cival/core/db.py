@@ -1,0 +1,134 @@
+"""The database: one async engine, and the two kinds of transaction Cival runs.
+
+- `Database.session(user_id)`: work on behalf of one user. On PostgreSQL the transaction carries the user's id
+  (`request.jwt.claim.sub`, read by the Supabase-compatible `auth.uid()`) and runs as the `cival_app` role, so
+  row-level security enforces the user boundary a second time.
+- `Database.system_session()`: work on behalf of the platform (log writer, market data, login look-ups,
+  reconciliation). On PostgreSQL it runs as `cival_system`, which bypasses row-level security.
+
+On SQLite both open a `BEGIN IMMEDIATE` transaction: writers are serialised up front, so a transaction never
+fails half-way on a lock upgrade.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from cival.config import Settings
+from cival.core.exceptions import StartupError
+
+APP_ROLE = "cival_app"
+SYSTEM_ROLE = "cival_system"
+
+_SET_USER = text("SELECT set_config('request.jwt.claim.sub', :uid, true)")
+_SET_SYSTEM = text(f"SET LOCAL ROLE {SYSTEM_ROLE}")
+
+
+def make_engine(url: str, *, pool_size: int = 10, app_role: bool = True) -> AsyncEngine:
+    """An engine for `url`; with `app_role`, PostgreSQL connections run as the RLS-bound `cival_app` role."""
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        _configure_sqlite(engine)
+        return engine
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    if app_role:
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _set_role(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute(f"SET ROLE {APP_ROLE}")
+            cursor.close()
+
+    return engine
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the driver so that BEGIN IMMEDIATE below is what starts a transaction.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Database:
+    """Owns the engine and hands out transactions."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.url = settings.effective_database_url
+        self.is_sqlite = settings.is_sqlite
+        if self.is_sqlite:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.engine = make_engine(self.url, pool_size=settings.database_pool_size)
+        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @asynccontextmanager
+    async def session(self, user_id: uuid.UUID) -> AsyncIterator[AsyncSession]:
+        """A transaction on behalf of `user_id`; commits on success, rolls back on any error."""
+        async with self.sessionmaker() as session, session.begin():
+            if not self.is_sqlite:
+                await session.execute(_SET_USER, {"uid": str(user_id)})
+            yield session
+
+    @asynccontextmanager
+    async def system_session(self) -> AsyncIterator[AsyncSession]:
+        """A transaction on behalf of the platform itself (not bound by row-level security)."""
+        async with self.sessionmaker() as session, session.begin():
+            if not self.is_sqlite:
+                await session.execute(_SET_SYSTEM)
+            yield session
+
+    async def ping(self) -> float:
+        """Round-trip a trivial query; returns seconds taken. Raises on failure."""
+        start = time.perf_counter()
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return time.perf_counter() - start
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+async def check_reachable(url: str) -> None:
+    """Fail start-up with a readable message when the database cannot be reached (before any role exists)."""
+    engine = make_engine(url, app_role=False)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except (OSError, OperationalError, DBAPIError) as exc:
+        raise StartupError(f"cannot reach the database at {redact_url(url)}: {_first_line(exc)}") from exc
+    finally:
+        await engine.dispose()
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for messages and logs."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__

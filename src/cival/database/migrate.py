@@ -1,0 +1,84 @@
+"""Run and inspect Alembic migrations: the only way Cival's schema is made."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from cival.core.db import make_engine
+from cival.database.models import Base
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_ADVISORY_LOCK_KEY = 0x43495641  # "CIVA": one migrator at a time on PostgreSQL
+
+
+def alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return cfg
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise RuntimeError(f"no migrations found in {MIGRATIONS_DIR}")
+    return head
+
+
+async def current_revision(url: str) -> str | None:
+    """The database's revision, or None for an empty database."""
+    engine = make_engine(url, app_role=False)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
+    finally:
+        await engine.dispose()
+
+
+async def upgrade(url: str, revision: str = "head") -> None:
+    """Bring the schema to `revision`; running it on a current database changes nothing."""
+    await _run(url, lambda conn: _command(conn, command.upgrade, revision))
+
+
+async def downgrade(url: str, revision: str) -> None:
+    await _run(url, lambda conn: _command(conn, command.downgrade, revision))
+
+
+async def drift(url: str) -> list[Any]:
+    """What autogenerate would change to make the database match the models (empty when they agree)."""
+    engine = make_engine(url, app_role=False)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(_compare)
+    finally:
+        await engine.dispose()
+
+
+def _compare(conn: Connection) -> list[Any]:
+    ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+    return list(compare_metadata(ctx, Base.metadata))
+
+
+async def _run(url: str, fn: Any) -> None:
+    engine = make_engine(url, app_role=False)
+    try:
+        async with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_LOCK_KEY})
+            await conn.run_sync(fn)
+    finally:
+        await engine.dispose()
+
+
+def _command(conn: Connection, fn: Any, revision: str) -> None:
+    cfg = alembic_config()
+    cfg.attributes["connection"] = conn
+    fn(cfg, revision)

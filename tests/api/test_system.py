@@ -1,0 +1,79 @@
+"""Health, metrics and the error contract."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from cival.core.exceptions import Conflict
+
+
+async def test_health_reports_database_cache_and_version(client: httpx.AsyncClient, app: FastAPI) -> None:
+    response = await client.get("/api/v1/system/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["version"] == app.version
+    assert body["database"]["status"] == "ok"
+    assert body["database"]["backend"] in ("sqlite", "postgresql")
+    assert body["cache"]["status"] == "ok"
+    assert body["cache"]["backend"] in ("memory", "redis")
+    assert response.headers["x-request-id"]
+
+
+async def test_metrics_count_requests_by_route_template(client: httpx.AsyncClient) -> None:
+    await client.get("/api/v1/system/health")
+    text = (await client.get("/metrics")).text
+    assert 'cival_http_requests_total{method="GET",route="/api/v1/system/health",status="200"}' in text
+    assert "cival_http_request_duration_seconds_bucket" in text
+
+
+async def test_unknown_route_is_a_json_404(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/v1/nothing-here")
+    assert response.status_code == 404
+    assert response.json() == {"error": "not_found", "detail": "Not Found"}
+
+
+async def test_request_id_is_echoed_when_well_formed(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/v1/system/health", headers={"X-Request-ID": "abc12345-trace"})
+    assert response.headers["x-request-id"] == "abc12345-trace"
+    response = await client.get("/api/v1/system/health", headers={"X-Request-ID": "bad id\twith junk"})
+    assert response.headers["x-request-id"] != "bad id\twith junk"
+
+
+@pytest.fixture(scope="module")
+def failing_routes(app: FastAPI) -> None:
+    """Two test-only routes: one raising a domain error, one a bug."""
+
+    @app.get("/_test/conflict")
+    async def conflict() -> None:
+        raise Conflict("order 42 is already filled; it cannot be cancelled")
+
+    @app.get("/_test/bug")
+    async def bug() -> None:
+        raise RuntimeError("secret internals: password=hunter2")
+
+
+@pytest.mark.usefixtures("failing_routes")
+async def test_domain_error_renders_code_and_detail(client: httpx.AsyncClient) -> None:
+    response = await client.get("/_test/conflict")
+    assert response.status_code == 409
+    assert response.json() == {
+        "error": "conflict",
+        "detail": "order 42 is already filled; it cannot be cancelled",
+    }
+
+
+@pytest.mark.usefixtures("failing_routes")
+async def test_unexpected_error_is_a_500_with_request_id_and_no_leak(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    response = await client.get("/_test/bug", headers={"X-Request-ID": "req-0000-bug"})
+    assert response.status_code == 500
+    body = response.json()
+    assert body["error"] == "internal_error"
+    assert body["request_id"] == "req-0000-bug"
+    assert "hunter2" not in response.text
+    assert "Traceback" not in response.text
+    assert any("unhandled error" in str(r.msg) for r in caplog.records)
