@@ -75,7 +75,8 @@ EXPECTED: dict[str, dict[str, Any]] = {
             "expires_at": ("timestamptz", NOT_NULL, None),
             "created_at": STAMP,
         },
-        "unique": {},
+        # Beyond the spec (migration 0003): every authenticated request looks its session up by token hash.
+        "unique": {("token_hash",): "idx_user_sessions_token_hash"},
         "foreign_keys": {"user_id": ("users", "CASCADE")},
         "indexes": {},
         "rls": True,

@@ -44,9 +44,10 @@ def make_engine(url: str, *, pool_size: int = 10, app_role: bool = True) -> Asyn
 
         @event.listens_for(engine.sync_engine, "connect")
         def _set_role(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute(f"SET ROLE {APP_ROLE}")
-            cursor.close()
+            # Run on the raw asyncpg connection, outside the adapter's implicit transaction: a SET inside a
+            # transaction that is later rolled back would be undone, silently leaving the connection as the login
+            # role, which row-level security does not bind.
+            dbapi_connection.run_async(lambda conn: conn.execute(f"SET ROLE {APP_ROLE}"))
 
     return engine
 

@@ -90,6 +90,8 @@ class User(Base):
 
 class UserSession(Base):
     __tablename__ = "user_sessions"
+    # Every authenticated request looks its session up by token hash; unique, since a hash names one session.
+    __table_args__ = (Index("idx_user_sessions_token_hash", "token_hash", unique=True),)
 
     id: Mapped[uuid.UUID] = _id()
     user_id: Mapped[uuid.UUID] = _owner()
@@ -439,9 +441,3 @@ class ExchangeStatus(Base):
     response_time_ms: Mapped[int | None] = mapped_column(Integer)
     error_message: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = _updated_at()
-
-
-USER_OWNED_TABLES: tuple[str, ...] = tuple(
-    table.name for table in Base.metadata.sorted_tables if "user_id" in table.c and table.name != "system_logs"
-)
-"""Tables whose rows belong to one user (row-level security applies to each, plus users and trading_signals)."""

@@ -97,9 +97,14 @@ def enable_statements() -> list[str]:
     stmts = [*AUTH_UID, *ROLES]
     predicates = {table: "user_id = auth.uid()" for table in OWNED_BY_USER_ID}
     predicates["users"] = "id = auth.uid()"
+    # A signal belongs to the user who owns every strategy or agent it names (and it names at least one), so a
+    # signal can be neither read through nor written into someone else's strategy by pairing it with one's own agent.
     predicates["trading_signals"] = (
-        "EXISTS (SELECT 1 FROM trading_strategies s WHERE s.id = strategy_id AND s.user_id = auth.uid()) "
-        "OR EXISTS (SELECT 1 FROM trading_agents a WHERE a.id = agent_id AND a.user_id = auth.uid())"
+        "(strategy_id IS NOT NULL OR agent_id IS NOT NULL) "
+        "AND (strategy_id IS NULL OR EXISTS "
+        "(SELECT 1 FROM trading_strategies s WHERE s.id = strategy_id AND s.user_id = auth.uid())) "
+        "AND (agent_id IS NULL OR EXISTS "
+        "(SELECT 1 FROM trading_agents a WHERE a.id = agent_id AND a.user_id = auth.uid()))"
     )
     for table in RLS_TABLES:
         pred = predicates[table]
