@@ -21,6 +21,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.installed-run
 	$(BIN)/cival db upgrade
+	$(BIN)/cival user demo
 	$(BIN)/cival serve
 
 test: $(VENV)/.installed-test

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Annotated, NoReturn
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 
@@ -12,9 +13,18 @@ from cival import __version__
 from cival.config import Settings, SettingsError, get_settings
 from cival.core.exceptions import StartupError
 
+if TYPE_CHECKING:
+    from cival.core.service_registry import ServiceRegistry
+
+T = TypeVar("T")
+
 cli = typer.Typer(name="cival", help="Cival trading platform backend.", no_args_is_help=True, add_completion=False)
 db_cli = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+keys_cli = typer.Typer(help="Credential encryption keys.", no_args_is_help=True)
+user_cli = typer.Typer(help="Users.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
+cli.add_typer(keys_cli, name="keys")
+cli.add_typer(user_cli, name="user")
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -30,13 +40,11 @@ def _settings() -> Settings:
 
 
 async def _preflight(settings: Settings) -> None:
-    from cival.core.db import check_reachable
-    from cival.core.service_registry import ensure_schema
+    from cival.core.service_registry import ensure_database
 
     if settings.is_sqlite:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    await check_reachable(settings.effective_database_url)
-    await ensure_schema(settings)
+    await ensure_database(settings)
 
 
 @cli.command()
@@ -103,6 +111,115 @@ def db_current() -> None:
     settings = _settings()
     current = asyncio.run(migrate.current_revision(settings.effective_database_url))
     typer.echo(f"database: {current or '(empty)'}  code: {migrate.head_revision()}")
+
+
+async def _with_services(settings: Settings, work: Callable[[ServiceRegistry], Awaitable[T]]) -> T:
+    """Start the services (as the API does), run `work`, close them."""
+    from cival.core.service_registry import ServiceRegistry, ensure_database
+
+    if settings.is_sqlite:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    await ensure_database(settings)
+    registry = ServiceRegistry(settings)
+    try:
+        await registry.start()
+        return await work(registry)
+    finally:
+        await registry.close()
+
+
+def _run_with_services(work: Callable[[ServiceRegistry], Awaitable[T]]) -> T:
+    from cival.core.logging import configure_logging
+
+    settings = _settings()
+    configure_logging("WARNING", json=settings.log_json)
+    try:
+        return asyncio.run(_with_services(settings, work))
+    except StartupError as exc:
+        _fail(str(exc))
+
+
+@keys_cli.command("rotate")
+def keys_rotate(
+    new_key: Annotated[
+        bool, typer.Option(help="Add a fresh primary key to the key file first (not with CIVAL_SECRET_KEY).")
+    ] = True,
+) -> None:
+    """Re-encrypt every stored credential under the primary key, without downtime.
+
+    With a key file (the default), a new primary key is generated and saved first; running API workers pick it up
+    on their next decrypt. With CIVAL_SECRET_KEY, put the new key first in the variable on every worker, then run
+    `cival keys rotate --no-new-key`. Old keys stay in the ring until you remove them.
+    """
+    from cival.core.security import KeyRing
+
+    settings = _settings()
+    if new_key:
+        if settings.secret_key:
+            _fail("CIVAL_SECRET_KEY is set: put the new key first in it on every worker, then use --no-new-key")
+        ring = KeyRing.load_or_create(settings.key_file)
+        ring = ring.with_new_primary()
+        ring.save_file(settings.key_file)
+        typer.echo(f"new primary key {ring.primary_id} saved to {settings.key_file}")
+
+    async def work(registry: ServiceRegistry) -> int:
+        return await registry.credentials.reencrypt_all()
+
+    count = _run_with_services(work)
+    typer.echo(f"re-encrypted {count} credential(s)")
+
+
+@user_cli.command("create")
+def user_create(
+    email: Annotated[str, typer.Argument(help="The user's email.")],
+    admin: Annotated[bool, typer.Option("--admin", help="Give the user the admin role.")] = False,
+    full_name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+) -> None:
+    """Create a user; the password is read from standard input (or prompted for)."""
+    from pydantic import ValidationError
+
+    from cival.models.user_models import RegisterIn
+
+    password = (
+        sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else typer.prompt("Password", hide_input=True)
+    )
+    try:
+        body = RegisterIn(email=email, password=password, full_name=full_name)
+    except ValidationError as exc:
+        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()), 2)
+
+    async def work(registry: ServiceRegistry) -> str:
+        user = await registry.auth.register(body, role="admin" if admin else "trader")
+        return str(user.id)
+
+    from cival.core.exceptions import CivalError
+
+    try:
+        user_id = _run_with_services(work)
+    except CivalError as exc:
+        _fail(exc.detail)
+    typer.echo(f"created {'admin' if admin else 'trader'} {body.email} ({user_id})")
+
+
+@user_cli.command("demo")
+def user_demo() -> None:
+    """Create (once) a demo trader with a funded paper account, and print its login."""
+    from cival.services.demo import ensure_demo_user
+
+    async def work(registry: ServiceRegistry) -> tuple[str, str | None, bool]:
+        return await ensure_demo_user(registry)
+
+    email, password, created = _run_with_services(work)
+    settings = _settings()
+    base = f"http://{settings.host}:{settings.port}"
+    typer.echo("")
+    typer.echo(f"  Demo trader {'created' if created else 'ready'}: {email} / {password or '(password changed)'}")
+    typer.echo(f"  API docs:    {base}/docs")
+    typer.echo(
+        f"  Log in:      curl -s -X POST {base}/api/v1/auth/login -H 'Content-Type: application/json' "
+        f'-d \'{{"email": "{email}", "password": "{password}"}}\''
+    )
+    typer.echo("")
 
 
 def main() -> None:

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CIVAL_"
+
+
+def _check_rate_limit(value: str) -> str:
+    count, _, seconds = value.partition("/")
+    if not (count.isdigit() and seconds.isdigit() and int(count) > 0 and int(seconds) > 0):
+        raise ValueError("expected `N/SECONDS`, e.g. 10/60")
+    return value
+
+
+RateLimit = Annotated[str, AfterValidator(_check_rate_limit)]
+"""`N/SECONDS`: at most N requests per fixed window of SECONDS."""
+
+
+def parse_rate_limit(value: str) -> tuple[int, int]:
+    count, _, seconds = value.partition("/")
+    return int(count), int(seconds)
 
 
 class SettingsError(Exception):
@@ -32,6 +49,31 @@ class Settings(BaseSettings):
     log_json: bool = True
     log_db_batch_size: int = Field(default=200, ge=1, le=10_000)
     log_db_flush_seconds: float = Field(default=1.0, gt=0, le=60)
+
+    secret_key: str = Field(
+        default="", repr=False, description="Credential master key(s) `id:base64,...`; empty: a key file."
+    )
+    secret_key_file: Path | None = Field(
+        default=None, description="Key ring file; default `<data_dir>/secret.key`, created on first run."
+    )
+    session_ttl_hours: float = Field(default=24.0, gt=0, le=24 * 90)
+    password_time_cost: int = Field(default=2, ge=2, le=20)
+    password_memory_kib: int = Field(default=19456, ge=19456, le=4 * 1024 * 1024)
+    password_parallelism: int = Field(default=1, ge=1, le=16)
+    paper_starting_balances: dict[str, Decimal] = Field(
+        default_factory=lambda: {"USDT": Decimal("10000")},
+        description='Balances a new paper account is funded with, JSON: {"USDT": "10000"}.',
+    )
+    rate_limit_login: RateLimit = Field(default="10/60", description="Login attempts per window, `N/SECONDS`.")
+    rate_limit_register: RateLimit = Field(default="5/3600", description="Registrations per client address.")
+
+    @field_validator("paper_starting_balances")
+    @classmethod
+    def _check_balances(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        for asset, amount in value.items():
+            if not asset.isalnum() or not asset.isupper() or amount < 0:
+                raise ValueError("expected uppercase asset names and non-negative amounts")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -64,6 +106,10 @@ class Settings(BaseSettings):
         if url.startswith("sqlite://") and not url.startswith("sqlite+aiosqlite://"):
             return "sqlite+aiosqlite://" + url[len("sqlite://") :]
         return url
+
+    @property
+    def key_file(self) -> Path:
+        return self.secret_key_file or self.data_dir / "secret.key"
 
     @property
     def is_sqlite(self) -> bool:

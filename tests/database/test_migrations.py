@@ -49,3 +49,8 @@ async def test_downgrade_to_base_and_back(tmp_path: object) -> None:
     assert await migrate.current_revision(url) is None
     await migrate.upgrade(url)
     assert await migrate.drift(url) == []
+
+
+def test_head_revision_constant_matches_the_migrations() -> None:
+    """`HEAD_REVISION` lets start-up skip Alembic; it must name the newest migration."""
+    assert migrate.head_revision() == migrate.script_head()

@@ -5,8 +5,16 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from cival.config import parse_rate_limit
+from cival.core.exceptions import NotAuthenticated, PermissionDenied
 from cival.core.service_registry import ServiceRegistry
+from cival.services.account_service import AccountService
+from cival.services.auth_service import AuthService, Principal
+from cival.services.credential_service import CredentialService
+
+_bearer = HTTPBearer(auto_error=False, description="A session token from POST /api/v1/auth/login.")
 
 
 def get_registry(request: Request) -> ServiceRegistry:
@@ -15,3 +23,62 @@ def get_registry(request: Request) -> ServiceRegistry:
 
 
 Registry = Annotated[ServiceRegistry, Depends(get_registry)]
+
+
+async def get_principal(
+    registry: Registry, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Principal:
+    if credentials is None:
+        raise NotAuthenticated(
+            "missing bearer token: send `Authorization: Bearer <token>` (get one from POST /api/v1/auth/login)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return await registry.auth.authenticate(credentials.credentials)
+
+
+CurrentUser = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_admin(principal: CurrentUser) -> Principal:
+    if not principal.is_admin:
+        raise PermissionDenied("this action needs the admin role")
+    return principal
+
+
+AdminUser = Annotated[Principal, Depends(get_admin)]
+
+
+def client_address(request: Request) -> str:
+    """The caller's address (behind a proxy, run uvicorn with --proxy-headers so this is the real client)."""
+    return request.client.host if request.client else "unknown"
+
+
+ClientAddress = Annotated[str, Depends(client_address)]
+
+
+def _auth(registry: Registry) -> AuthService:
+    return registry.auth
+
+
+def _credentials(registry: Registry) -> CredentialService:
+    return registry.credentials
+
+
+def _accounts(registry: Registry) -> AccountService:
+    return registry.accounts
+
+
+Auth = Annotated[AuthService, Depends(_auth)]
+Credentials = Annotated[CredentialService, Depends(_credentials)]
+Accounts = Annotated[AccountService, Depends(_accounts)]
+
+
+async def limit_login(registry: Registry, client: ClientAddress) -> None:
+    """Login attempts per client address (per-email limiting happens in the router, once the body is parsed)."""
+    count, window = parse_rate_limit(registry.settings.rate_limit_login)
+    await registry.rate_limiter.hit("auth.login", f"ip:{client}", count, window)
+
+
+async def limit_register(registry: Registry, client: ClientAddress) -> None:
+    count, window = parse_rate_limit(registry.settings.rate_limit_register)
+    await registry.rate_limiter.hit("auth.register", f"ip:{client}", count, window)

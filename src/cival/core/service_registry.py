@@ -6,6 +6,9 @@ capabilities add their service here, built after what it depends on and closed b
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import timedelta
+
 from cival import __version__
 from cival.config import Settings
 from cival.core.cache import Cache, create_cache
@@ -13,25 +16,60 @@ from cival.core.db import Database, check_reachable, redact_url
 from cival.core.exceptions import ServiceUnavailable, StartupError
 from cival.core.logging import DatabaseLogSink, get_logger
 from cival.core.metrics import Metrics
+from cival.core.security import CredentialCipher, KeyRing, KeyRingError, Passwords
 from cival.database import migrate
+from cival.services.account_service import AccountService
+from cival.services.auth_service import AuthService
+from cival.services.credential_service import CredentialService
+from cival.services.rate_limiter import RateLimiter
 
 log = get_logger(__name__)
 
 
-async def ensure_schema(settings: Settings) -> None:
-    """Make sure the schema is current: the embedded SQLite upgrades itself, PostgreSQL must be migrated first."""
+_CURRENT: set[str] = set()
+"""Database URLs this process has already found reachable and current (the CLI checks before uvicorn starts)."""
+
+
+async def ensure_database(settings: Settings) -> None:
+    """Reachable and current: the embedded SQLite upgrades itself, PostgreSQL must be migrated first."""
     url = settings.effective_database_url
+    if url in _CURRENT:
+        return
+    await check_reachable(url)
     current, head = await migrate.current_revision(url), migrate.head_revision()
     if current == head:
+        _CURRENT.add(url)
         return
     if settings.is_sqlite:
         await migrate.upgrade(url)
         log.info("database migrated", revision=head, url=redact_url(url))
+        _CURRENT.add(url)
         return
     raise StartupError(
         f"the database schema is at revision {current or '(empty)'} but this Cival needs {head}: "
         "run `cival db upgrade` first"
     )
+
+
+def load_keyring(settings: Settings) -> tuple[KeyRing, Callable[[], KeyRing] | None]:
+    """The credential key ring: from CIVAL_SECRET_KEY, or a key file (created on the embedded default's first run).
+
+    A file-based ring can be reloaded, so workers pick up a key added by `cival keys rotate` without a restart.
+    """
+    try:
+        if settings.secret_key:
+            return KeyRing.parse(settings.secret_key), None
+        path = settings.key_file
+        if settings.env == "production" and not path.exists():
+            raise StartupError(
+                f"no credential key: set CIVAL_SECRET_KEY, or CIVAL_SECRET_KEY_FILE to an existing key file ({path} "
+                "does not exist); production never generates one silently"
+            )
+        if settings.is_sqlite or path.exists() or settings.env != "production":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        return KeyRing.load_or_create(path), lambda: KeyRing.load_file(path)
+    except KeyRingError as exc:
+        raise StartupError(f"CIVAL_SECRET_KEY / key file: {exc}") from exc
 
 
 class ServiceRegistry:
@@ -40,6 +78,10 @@ class ServiceRegistry:
     database: Database
     cache: Cache
     log_sink: DatabaseLogSink
+    rate_limiter: RateLimiter
+    auth: AuthService
+    credentials: CredentialService
+    accounts: AccountService
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -49,8 +91,7 @@ class ServiceRegistry:
 
     async def start(self) -> None:
         s = self.settings
-        await check_reachable(s.effective_database_url)
-        await ensure_schema(s)
+        await ensure_database(s)
         self.database = Database(s)
         self._started.append("database")
 
@@ -66,6 +107,15 @@ class ServiceRegistry:
         )
         self.log_sink.start()
         self._started.append("log_sink")
+
+        keyring, reload = load_keyring(s)
+        self.passwords = Passwords(
+            time_cost=s.password_time_cost, memory_cost=s.password_memory_kib, parallelism=s.password_parallelism
+        )
+        self.rate_limiter = RateLimiter(self.cache, self.database)
+        self.auth = AuthService(self.database, self.passwords, timedelta(hours=s.session_ttl_hours))
+        self.credentials = CredentialService(self.database, CredentialCipher(keyring, reload=reload))
+        self.accounts = AccountService(self.database, self.credentials, s.paper_starting_balances)
 
     async def close(self) -> None:
         """Close what was started, newest first; one failing close does not stop the others."""

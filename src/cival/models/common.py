@@ -1,0 +1,28 @@
+"""Shared schema building blocks."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, PlainSerializer
+
+_SCALE = Decimal("0.00000001")
+
+Amount = Annotated[
+    Decimal,
+    PlainSerializer(lambda value: format(value.quantize(_SCALE), "f"), return_type=str, when_used="json"),
+]
+"""A money or quantity value in a response: a JSON string with the schema's 8 decimal places, never a float."""
+
+
+class StrictInput(BaseModel):
+    """Base of every request body: unknown fields are refused (so owner, role or status cannot be smuggled in)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Output(BaseModel):
+    """Base of every response body: built from ORM objects."""
+
+    model_config = ConfigDict(from_attributes=True)
