@@ -84,6 +84,7 @@ def settings(database_url: str, data_dir: Path) -> Settings:
         redis_url=TEST_REDIS_URL,
         log_json=True,
         log_db_flush_seconds=0.05,
+        market_data_enabled=False,  # tests step the market themselves, so every price is known
     )
 
 

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CIVAL_"
@@ -27,6 +27,21 @@ RateLimit = Annotated[str, AfterValidator(_check_rate_limit)]
 def parse_rate_limit(value: str) -> tuple[int, int]:
     count, _, seconds = value.partition("/")
     return int(count), int(seconds)
+
+
+class PaperPair(BaseModel):
+    """One pair of the paper exchange and its simulated market (`CIVAL_PAPER_PAIRS` is a JSON list of these)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    symbol: str
+    tick_size: Decimal
+    step_size: Decimal
+    min_order_size: Decimal
+    max_order_size: Decimal
+    min_notional: Decimal = Decimal(5)
+    start_price: Decimal
+    volatility: float = Field(default=0.6, ge=0, le=10, description="Annualised volatility of the random walk.")
 
 
 class SettingsError(Exception):
@@ -66,6 +81,18 @@ class Settings(BaseSettings):
     )
     rate_limit_login: RateLimit = Field(default="10/60", description="Login attempts per window, `N/SECONDS`.")
     rate_limit_register: RateLimit = Field(default="5/3600", description="Registrations per client address.")
+
+    market_data_enabled: bool = Field(
+        default=True, description="Run the market data sources (one worker leads; the others read its data)."
+    )
+    market_seed: int = Field(default=42, description="Seed of the simulated market: same seed, same prices.")
+    market_step_seconds: float = Field(default=1.0, gt=0, le=60, description="Simulated market step.")
+    ticker_persist_seconds: float = Field(default=5.0, gt=0, le=3600)
+    book_snapshot_seconds: float = Field(default=60.0, gt=0, le=86400)
+    book_retention_hours: float = Field(default=24.0, gt=0, le=24 * 365)
+    paper_pairs: list[PaperPair] | None = Field(
+        default=None, description="The paper exchange's pairs, JSON; default BTC/USDT, ETH/USDT, SOL/USDT."
+    )
 
     @field_validator("paper_starting_balances")
     @classmethod

@@ -151,6 +151,25 @@ async def test_memory_expired_keys_are_purged_without_being_read(clock: FakeCloc
 # --- counters -----------------------------------------------------------------------------------------------
 
 
+async def test_add_stores_only_when_absent(cache: Cache) -> None:
+    assert await cache.add("lease", b"worker-1", ttl=30) is True
+    assert await cache.add("lease", b"worker-2", ttl=30) is False
+    assert await cache.get("lease") == b"worker-1"
+    ttl = await cache.ttl("lease")
+    assert ttl is not None
+    assert 0 < ttl <= 30
+    await cache.delete("lease")
+    assert await cache.add("lease", b"worker-2") is True
+    assert await cache.get("lease") == b"worker-2"
+
+
+async def test_memory_add_succeeds_once_the_key_expired(clock: FakeClock) -> None:
+    cache = MemoryCache(clock=clock)
+    assert await cache.add("lease", b"worker-1", ttl=5)
+    clock.advance(5)
+    assert await cache.add("lease", b"worker-2", ttl=5)
+
+
 async def test_incr_counts(cache: Cache) -> None:
     assert await cache.incr("n") == 1
     assert await cache.incr("n") == 2

@@ -7,12 +7,14 @@ import uuid
 from fastapi import APIRouter
 
 from cival.api.deps import Accounts, CurrentUser
+from cival.api.routing import CivalRoute
+from cival.models.system_models import ErrorOut
 from cival.models.trading_models import AccountIn, AccountOut, AccountUpdateIn
 
-router = APIRouter(prefix="/api/v1/accounts", tags=["accounts"])
+router = APIRouter(prefix="/api/v1/accounts", tags=["accounts"], route_class=CivalRoute)
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses={409: {"model": ErrorOut, "description": "Account exists"}})
 async def create_account(body: AccountIn, principal: CurrentUser, accounts: Accounts) -> AccountOut:
     """Open a trading account. A paper account starts with the configured balances (default 10,000 USDT)."""
     return await accounts.create(principal, body)

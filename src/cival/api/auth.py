@@ -7,19 +7,32 @@ import uuid
 from fastapi import APIRouter, Depends, Response
 
 from cival.api.deps import Auth, ClientAddress, CurrentUser, Registry, limit_login, limit_register
+from cival.api.routing import CivalRoute
 from cival.config import parse_rate_limit
+from cival.models.system_models import ErrorOut
 from cival.models.user_models import LoginIn, RegisterIn, SessionOut, TokenOut, UserOut
 
-router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
+router = APIRouter(prefix="/api/v1/auth", tags=["auth"], route_class=CivalRoute)
+
+RATE_LIMITED = {"model": ErrorOut, "description": "Too many attempts; see Retry-After"}
 
 
-@router.post("/register", status_code=201, dependencies=[Depends(limit_register)])
+@router.post(
+    "/register",
+    status_code=201,
+    dependencies=[Depends(limit_register)],
+    responses={409: {"model": ErrorOut, "description": "Email taken"}, 429: RATE_LIMITED},
+)
 async def register(body: RegisterIn, auth: Auth) -> UserOut:
     """Create a trader account. Passwords: 8 to 128 characters."""
     return UserOut.model_validate(await auth.register(body))
 
 
-@router.post("/login", dependencies=[Depends(limit_login)])
+@router.post(
+    "/login",
+    dependencies=[Depends(limit_login)],
+    responses={401: {"model": ErrorOut, "description": "Wrong email or password"}, 429: RATE_LIMITED},
+)
 async def login(body: LoginIn, auth: Auth, registry: Registry, client: ClientAddress) -> TokenOut:
     """Exchange email and password for a bearer token."""
     count, window = parse_rate_limit(registry.settings.rate_limit_login)

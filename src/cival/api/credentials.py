@@ -7,9 +7,10 @@ import uuid
 from fastapi import APIRouter, Response
 
 from cival.api.deps import Credentials, CurrentUser
+from cival.api.routing import CivalRoute
 from cival.models.user_models import ApiKeyIn, ApiKeyOut
 
-router = APIRouter(prefix="/api/v1/credentials", tags=["credentials"])
+router = APIRouter(prefix="/api/v1/credentials", tags=["credentials"], route_class=CivalRoute)
 
 
 @router.post("", status_code=201)

@@ -1,4 +1,7 @@
-"""`Annotated` dependency aliases: each says in one type what an endpoint needs."""
+"""`Annotated` dependency aliases: each says in one type what an endpoint needs.
+
+FastAPI runs plain `def` dependencies in a thread pool; every dependency here is `async def` to stay on the loop.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from cival.services.credential_service import CredentialService
 _bearer = HTTPBearer(auto_error=False, description="A session token from POST /api/v1/auth/login.")
 
 
-def get_registry(request: Request) -> ServiceRegistry:
+async def get_registry(request: Request) -> ServiceRegistry:
     registry: ServiceRegistry = request.app.state.registry
     return registry
 
@@ -48,7 +51,7 @@ async def get_admin(principal: CurrentUser) -> Principal:
 AdminUser = Annotated[Principal, Depends(get_admin)]
 
 
-def client_address(request: Request) -> str:
+async def client_address(request: Request) -> str:
     """The caller's address (behind a proxy, run uvicorn with --proxy-headers so this is the real client)."""
     return request.client.host if request.client else "unknown"
 
@@ -56,15 +59,15 @@ def client_address(request: Request) -> str:
 ClientAddress = Annotated[str, Depends(client_address)]
 
 
-def _auth(registry: Registry) -> AuthService:
+async def _auth(registry: Registry) -> AuthService:
     return registry.auth
 
 
-def _credentials(registry: Registry) -> CredentialService:
+async def _credentials(registry: Registry) -> CredentialService:
     return registry.credentials
 
 
-def _accounts(registry: Registry) -> AccountService:
+async def _accounts(registry: Registry) -> AccountService:
     return registry.accounts
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from cival.api.deps import Registry
+from cival.api.routing import CivalRoute
 from cival.core.metrics import CONTENT_TYPE_LATEST
 from cival.models.system_models import HealthOut
 from cival.services.system_service import check_health
 
-router = APIRouter(tags=["system"])
+router = APIRouter(tags=["system"], route_class=CivalRoute)
 
 
 @router.get("/api/v1/system/health", responses={503: {"model": HealthOut}})

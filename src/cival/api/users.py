@@ -8,9 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from cival.api.deps import AdminUser, Auth, CurrentUser
+from cival.api.routing import CivalRoute
+from cival.models.system_models import ErrorOut
 from cival.models.user_models import UserOut, UserPage, UserUpdateIn
 
-router = APIRouter(tags=["users"])
+router = APIRouter(tags=["users"], route_class=CivalRoute)
 
 
 @router.get("/api/v1/users/me")
@@ -35,7 +37,11 @@ async def list_users(
     return UserPage(items=[UserOut.model_validate(u) for u in users], total=total)
 
 
-@router.post("/api/v1/admin/users/{user_id}/deactivate", tags=["admin"])
+@router.post(
+    "/api/v1/admin/users/{user_id}/deactivate",
+    tags=["admin"],
+    responses={409: {"model": ErrorOut, "description": "Cannot deactivate oneself"}},
+)
 async def deactivate_user(user_id: uuid.UUID, admin: AdminUser, auth: Auth) -> UserOut:
     """Deactivate a user: their sessions stop working at once."""
     return UserOut.model_validate(await auth.set_active(admin, user_id, active=False))

@@ -180,6 +180,10 @@ class Cache(abc.ABC):
         """Store `value` at `key`, expiring after `ttl` seconds (None: never); replaces any earlier expiry."""
 
     @abc.abstractmethod
+    async def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        """Store `value` at `key` only if the key is absent; True when this call stored it (a lease, a lock)."""
+
+    @abc.abstractmethod
     async def delete(self, key: str) -> None:
         """Remove `key` if present."""
 
@@ -280,6 +284,15 @@ class MemoryCache(Cache):
         now = self._clock()
         self._maybe_purge(now)
         self._data[key] = (bytes(value), None if ttl is None else now + ttl)
+
+    async def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        """Store `value` at `key` only if the key is absent; True when this call stored it (a lease, a lock)."""
+        _check_ttl(ttl)
+        now = self._clock()
+        if self._live(key, now) is not None:
+            return False
+        self._data[key] = (bytes(value), None if ttl is None else now + ttl)
+        return True
 
     async def delete(self, key: str) -> None:
         """Remove `key` if present."""
@@ -492,6 +505,13 @@ class RedisCache(Cache):
         px = None if ttl is None else max(1, math.ceil(ttl * 1000))
         with self._translate_errors():
             await self._client.set(self.prefix + key, value, px=px)
+
+    async def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        """Store `value` at `key` only if the key is absent; True when this call stored it (a lease, a lock)."""
+        _check_ttl(ttl)
+        px = None if ttl is None else max(1, math.ceil(ttl * 1000))
+        with self._translate_errors():
+            return bool(await self._client.set(self.prefix + key, value, px=px, nx=True))
 
     async def delete(self, key: str) -> None:
         """Remove `key` if present."""

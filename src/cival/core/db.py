@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from cival.config import Settings
 from cival.core.exceptions import StartupError
 
+READ_ONLY = "cival_read_only"
 APP_ROLE = "cival_app"
 SYSTEM_ROLE = "cival_system"
 
@@ -66,7 +67,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers start deferred and run beside the writer (WAL); writers take the write lock up front.
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 class Database:
@@ -79,23 +81,29 @@ class Database:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(self.url, pool_size=settings.database_pool_size)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+        self._readers = async_sessionmaker(
+            self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False, autoflush=False
+        )
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
     @asynccontextmanager
-    async def session(self, user_id: uuid.UUID) -> AsyncIterator[AsyncSession]:
-        """A transaction on behalf of `user_id`; commits on success, rolls back on any error."""
-        async with self.sessionmaker() as session, session.begin():
+    async def session(self, user_id: uuid.UUID, *, read_only: bool = False) -> AsyncIterator[AsyncSession]:
+        """A transaction on behalf of `user_id`; commits on success, rolls back on any error.
+
+        `read_only` promises no writes, so SQLite need not serialise it behind the writer.
+        """
+        async with (self._readers if read_only else self.sessionmaker)() as session, session.begin():
             if not self.is_sqlite:
                 await session.execute(_SET_USER, {"uid": str(user_id)})
             yield session
 
     @asynccontextmanager
-    async def system_session(self) -> AsyncIterator[AsyncSession]:
+    async def system_session(self, *, read_only: bool = False) -> AsyncIterator[AsyncSession]:
         """A transaction on behalf of the platform itself (not bound by row-level security)."""
-        async with self.sessionmaker() as session, session.begin():
+        async with (self._readers if read_only else self.sessionmaker)() as session, session.begin():
             if not self.is_sqlite:
                 await session.execute(_SET_SYSTEM)
             yield session

@@ -6,8 +6,10 @@ capabilities add their service here, built after what it depends on and closed b
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from cival import __version__
 from cival.config import Settings
@@ -21,6 +23,7 @@ from cival.database import migrate
 from cival.services.account_service import AccountService
 from cival.services.auth_service import AuthService
 from cival.services.credential_service import CredentialService
+from cival.services.market_data_service import MarketDataService
 from cival.services.rate_limiter import RateLimiter
 
 log = get_logger(__name__)
@@ -82,6 +85,7 @@ class ServiceRegistry:
     auth: AuthService
     credentials: CredentialService
     accounts: AccountService
+    market_data: MarketDataService
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -113,15 +117,26 @@ class ServiceRegistry:
             time_cost=s.password_time_cost, memory_cost=s.password_memory_kib, parallelism=s.password_parallelism
         )
         self.rate_limiter = RateLimiter(self.cache, self.database)
-        self.auth = AuthService(self.database, self.passwords, timedelta(hours=s.session_ttl_hours))
+        self.auth = AuthService(self.database, self.cache, self.passwords, timedelta(hours=s.session_ttl_hours))
         self.credentials = CredentialService(self.database, CredentialCipher(keyring, reload=reload))
         self.accounts = AccountService(self.database, self.credentials, s.paper_starting_balances)
+
+        self.market_data = MarketDataService(self.database, self.cache, s)
+        self.market_data.publish = self._publish_public
+        await self.market_data.start()
+        self._started.append("market_data")
+
+    async def _publish_public(self, channel: str, data: dict[str, Any]) -> None:
+        frame = {"type": "update", "channel": channel, "data": data}
+        await self.cache.publish("md:" + channel, json.dumps(frame, separators=(",", ":")).encode())
 
     async def close(self) -> None:
         """Close what was started, newest first; one failing close does not stop the others."""
         for name in reversed(self._started):
             try:
-                if name == "log_sink":
+                if name == "market_data":
+                    await self.market_data.stop()
+                elif name == "log_sink":
                     await self.log_sink.stop()
                 elif name == "cache":
                     await self.cache.close()

@@ -26,3 +26,15 @@ class ErrorOut(BaseModel):
 
     error: str
     detail: str
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+    type: str
+
+
+class ValidationErrorOut(ErrorOut):
+    """A 422: which fields to fix and why."""
+
+    errors: list[FieldError] = []

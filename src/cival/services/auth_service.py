@@ -6,7 +6,10 @@ lets anyone log in. A deactivated user's sessions stop working at the next reque
 
 from __future__ import annotations
 
+import contextlib
+import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NoReturn
@@ -14,12 +17,16 @@ from typing import NoReturn
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from cival.core.cache import Cache
 from cival.core.db import Database
-from cival.core.exceptions import Conflict, NotAuthenticated, NotFound, ValidationFailed
+from cival.core.exceptions import Conflict, NotAuthenticated, NotFound, ServiceUnavailable, ValidationFailed
+from cival.core.logging import get_logger
 from cival.core.security import Passwords, hash_token, new_token
 from cival.database.models import User, UserSession
 from cival.models.user_models import LoginIn, RegisterIn, UserUpdateIn
 from cival.services import audit
+
+log = get_logger(__name__)
 
 TOKEN_PREFIX = "cvl_"  # noqa: S105 - a public prefix; makes leaked tokens easy for secret scanners to spot
 
@@ -69,11 +76,28 @@ class IssuedToken:
     user: User
 
 
+AUTH_CACHE_SECONDS = 30.0
+"""How long a verified session is remembered in the cache; revocation and deactivation evict it at once."""
+
+
 class AuthService:
-    def __init__(self, database: Database, passwords: Passwords, session_ttl: timedelta) -> None:
+    def __init__(self, database: Database, cache: Cache, passwords: Passwords, session_ttl: timedelta) -> None:
         self.database = database
+        self.cache = cache
         self.passwords = passwords
         self.session_ttl = session_ttl
+
+    @staticmethod
+    def _cache_key(token_hash: str) -> str:
+        return f"auth:session:{token_hash}"
+
+    async def _forget(self, token_hashes: Sequence[str]) -> None:
+        """Evict revoked sessions from the cache (shared by all workers when it is Redis)."""
+        for token_hash in token_hashes:
+            try:
+                await self.cache.delete(self._cache_key(token_hash))
+            except ServiceUnavailable:
+                log.warning("could not evict a revoked session from the cache; it expires within the cache TTL")
 
     async def register(self, body: RegisterIn, *, role: str = "trader") -> User:
         """Create a user; the email (already normalised) must be new."""
@@ -127,22 +151,54 @@ class AuthService:
         """The principal behind a bearer token, or 401 with why."""
         if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
             raise InvalidToken("the bearer token is not a Cival session token; log in to get one")
-        async with self.database.system_session() as session:
-            row = (
-                await session.execute(
-                    select(UserSession.id, UserSession.expires_at, User.id, User.email, User.role, User.is_active)
-                    .join(User, User.id == UserSession.user_id)
-                    .where(UserSession.token_hash == hash_token(token))
-                )
-            ).first()
-        if row is None:
-            raise InvalidToken("the session does not exist or was revoked; log in again")
-        session_id, expires_at, user_id, email, role, is_active = row
+        token_hash = hash_token(token)
+        key = self._cache_key(token_hash)
+        try:
+            cached = await self.cache.get(key)
+        except ServiceUnavailable:
+            cached = None  # the database answers alone while the cache is down
+        if cached is not None:
+            data = json.loads(cached)
+            expires_at = datetime.fromisoformat(data["expires_at"])
+            principal = Principal(
+                user_id=uuid.UUID(data["user_id"]),
+                email=data["email"],
+                role=data["role"],
+                session_id=uuid.UUID(data["session_id"]),
+            )
+        else:
+            async with self.database.system_session(read_only=True) as session:
+                row = (
+                    await session.execute(
+                        select(UserSession.id, UserSession.expires_at, User.id, User.email, User.role, User.is_active)
+                        .join(User, User.id == UserSession.user_id)
+                        .where(UserSession.token_hash == token_hash)
+                    )
+                ).first()
+            if row is None:
+                raise InvalidToken("the session does not exist or was revoked; log in again")
+            session_id, expires_at, user_id, email, role, is_active = row
+            if not is_active:
+                raise AccountDisabled("this account has been deactivated; contact an administrator")
+            principal = Principal(user_id=user_id, email=email, role=role, session_id=session_id)
+            await self._remember(key, principal, expires_at)
         if expires_at <= datetime.now(UTC):
             raise SessionExpired("the session has expired; log in again")
-        if not is_active:
-            raise AccountDisabled("this account has been deactivated; contact an administrator")
-        return Principal(user_id=user_id, email=email, role=role, session_id=session_id)
+        return principal
+
+    async def _remember(self, key: str, principal: Principal, expires_at: datetime) -> None:
+        ttl = min(AUTH_CACHE_SECONDS, (expires_at - datetime.now(UTC)).total_seconds())
+        if ttl <= 0:
+            return
+        data = {
+            "user_id": str(principal.user_id),
+            "email": principal.email,
+            "role": principal.role,
+            "session_id": str(principal.session_id),
+            "expires_at": expires_at.isoformat(),
+        }
+        with contextlib.suppress(ServiceUnavailable):  # a cold cache only costs a database look-up
+            await self.cache.set(key, json.dumps(data).encode(), ttl=ttl)
 
     async def logout(self, principal: Principal) -> None:
         await self.revoke_session(principal, principal.session_id)
@@ -161,12 +217,17 @@ class AuthService:
 
     async def revoke_session(self, principal: Principal, session_id: uuid.UUID) -> None:
         async with self.database.session(principal.user_id) as session:
-            result = await session.execute(
-                delete(UserSession).where(UserSession.id == session_id, UserSession.user_id == principal.user_id)
-            )
-            if result.rowcount == 0:  # type: ignore[attr-defined]
+            revoked = (
+                await session.scalars(
+                    delete(UserSession)
+                    .where(UserSession.id == session_id, UserSession.user_id == principal.user_id)
+                    .returning(UserSession.token_hash)
+                )
+            ).all()
+            if not revoked:
                 raise NotFound(f"session {session_id} not found")
             audit.record(session, "session.revoked", principal.user_id, session_id=session_id)
+        await self._forget(revoked)
 
     async def get_user(self, principal: Principal) -> User:
         async with self.database.session(principal.user_id) as session:
@@ -193,13 +254,17 @@ class AuthService:
                 user.full_name = body.full_name
             if new_hash is not None:
                 user.password_hash = new_hash
-                await session.execute(
-                    delete(UserSession).where(
-                        UserSession.user_id == principal.user_id, UserSession.id != principal.session_id
+                ended = (
+                    await session.scalars(
+                        delete(UserSession)
+                        .where(UserSession.user_id == principal.user_id, UserSession.id != principal.session_id)
+                        .returning(UserSession.token_hash)
                     )
-                )
+                ).all()
                 audit.record(session, "password.changed", principal.user_id)
             user.updated_at = datetime.now(UTC)
+        if new_hash is not None:
+            await self._forget(ended)
         return user
 
     # --- admin ---------------------------------------------------------------------------------------------
@@ -222,14 +287,20 @@ class AuthService:
                 raise NotFound(f"user {user_id} not found")
             user.is_active = active
             user.updated_at = datetime.now(UTC)
+            ended: Sequence[str] = []
             if not active:
-                await session.execute(delete(UserSession).where(UserSession.user_id == user_id))
+                ended = (
+                    await session.scalars(
+                        delete(UserSession).where(UserSession.user_id == user_id).returning(UserSession.token_hash)
+                    )
+                ).all()
             audit.record(
                 session,
                 "admin.user_activated" if active else "admin.user_deactivated",
                 admin.user_id,
                 target_user_id=user_id,
             )
+        await self._forget(ended)
         return user
 
     async def purge_expired_sessions(self) -> int:
