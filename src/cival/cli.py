@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
@@ -132,7 +133,7 @@ def _run_with_services(work: Callable[[ServiceRegistry], Awaitable[T]]) -> T:
     from cival.core.logging import configure_logging
 
     settings = _settings()
-    configure_logging("WARNING", json=settings.log_json)
+    configure_logging("ERROR", json=settings.log_json)  # the command reports its own outcome
     try:
         return asyncio.run(_with_services(settings, work))
     except StartupError as exc:
@@ -149,24 +150,29 @@ def keys_rotate(
 
     With a key file (the default), a new primary key is generated and saved first; running API workers pick it up
     on their next decrypt. With CIVAL_SECRET_KEY, put the new key first in the variable on every worker, then run
-    `cival keys rotate --no-new-key`. Old keys stay in the ring until you remove them.
+    `cival keys rotate --no-new-key`. Old keys stay in the ring until you remove them. An unfinished rotation is
+    resumed rather than starting another.
     """
-    from cival.core.security import KeyRing
+    from cival.core.security import CredentialCipher, KeyRing
 
     settings = _settings()
-    if new_key:
-        if settings.secret_key:
-            _fail("CIVAL_SECRET_KEY is set: put the new key first in it on every worker, then use --no-new-key")
-        ring = KeyRing.load_or_create(settings.key_file)
-        ring = ring.with_new_primary()
-        ring.save_file(settings.key_file)
-        typer.echo(f"new primary key {ring.primary_id} saved to {settings.key_file}")
+    if new_key and settings.secret_key:
+        _fail("CIVAL_SECRET_KEY is set: put the new key first in it on every worker, then use --no-new-key")
 
-    async def work(registry: ServiceRegistry) -> int:
-        return await registry.credentials.reencrypt_all()
+    async def work(registry: ServiceRegistry) -> tuple[str, int, list[uuid.UUID]]:
+        credentials = registry.credentials
+        if new_key and not await credentials.pending_rotation():
+            ring = KeyRing.load_file(settings.key_file).with_new_primary()
+            ring.save_file(settings.key_file)
+            credentials.cipher = CredentialCipher(ring, reload=lambda: KeyRing.load_file(settings.key_file))
+        count, unreadable = await credentials.reencrypt_all()
+        return credentials.cipher.keyring.primary_id, count, unreadable
 
-    count = _run_with_services(work)
-    typer.echo(f"re-encrypted {count} credential(s)")
+    primary, count, unreadable = _run_with_services(work)
+    typer.echo(f"re-encrypted {count} credential(s) under key {primary}")
+    if unreadable:
+        ids = ", ".join(str(i) for i in unreadable[:10]) + (" …" if len(unreadable) > 10 else "")
+        _fail(f"{len(unreadable)} credential(s) cannot be decrypted with any key in the ring; left as they are: {ids}")
 
 
 @user_cli.command("create")

@@ -42,7 +42,10 @@ def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
 
 async def _cival_error(_: Request, exc: Exception) -> JSONResponse:
     exc = cast(CivalError, exc)
-    return JSONResponse(error_body(exc.code, exc.detail, **exc.extra), status_code=exc.status_code, headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 401 and not headers:
+        headers = {"WWW-Authenticate": "Bearer"}  # RFC 9110: every 401 names its scheme
+    return JSONResponse(error_body(exc.code, exc.detail, **exc.extra), status_code=exc.status_code, headers=headers)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

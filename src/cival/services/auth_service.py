@@ -278,7 +278,7 @@ class AuthService:
         return list(users), total
 
     async def set_active(self, admin: Principal, user_id: uuid.UUID, *, active: bool) -> User:
-        """Activate or deactivate a user; deactivation ends every session of theirs at once."""
+        """Activate or deactivate a user: deactivation stops every session of theirs at once; none survive it."""
         if user_id == admin.user_id and not active:
             raise Conflict("administrators cannot deactivate themselves")
         async with self.database.system_session() as session:
@@ -288,11 +288,14 @@ class AuthService:
             user.is_active = active
             user.updated_at = datetime.now(UTC)
             ended: Sequence[str] = []
-            if not active:
+            if active:
+                # Sessions that predate a deactivation do not come back with the account: log in again.
+                await session.execute(delete(UserSession).where(UserSession.user_id == user_id))
+            else:
+                # Kept until reactivation, so a caller still holding one is told `account_disabled` (evicted from
+                # the cache below, so the next request reads `is_active` from the database).
                 ended = (
-                    await session.scalars(
-                        delete(UserSession).where(UserSession.user_id == user_id).returning(UserSession.token_hash)
-                    )
+                    await session.scalars(select(UserSession.token_hash).where(UserSession.user_id == user_id))
                 ).all()
             audit.record(
                 session,

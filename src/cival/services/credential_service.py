@@ -9,18 +9,22 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import ColumnElement, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cival.core.db import Database
 from cival.core.exceptions import NotFound
-from cival.core.security import CredentialCipher, credential_aad, mask_secret
+from cival.core.logging import get_logger
+from cival.core.security import CredentialCipher, CredentialDecryptError, credential_aad, mask_secret
 from cival.database.models import UserApiKey
 from cival.models.user_models import ApiKeyIn, ApiKeyOut
 from cival.services import audit
 from cival.services.auth_service import Principal
 
+log = get_logger(__name__)
+
 FIELDS = ("api_key", "api_secret", "passphrase")
+UNREADABLE = "(cannot decrypt)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +52,16 @@ class CredentialService:
         return self.cipher.decrypt(token, aad=credential_aad(row.user_id, row.id, field))
 
     def _out(self, row: UserApiKey) -> ApiKeyOut:
+        try:
+            masked = mask_secret(self._decrypt(row, "api_key", row.api_key_encrypted))
+        except CredentialDecryptError:
+            # A missing or retired key must not take the whole list down; the row is shown as unreadable.
+            log.warning("credential cannot be decrypted", credential_id=str(row.id), user_id=str(row.user_id))
+            masked = UNREADABLE
         return ApiKeyOut(
             id=row.id,
             exchange=row.exchange,
-            api_key_masked=mask_secret(self._decrypt(row, "api_key", row.api_key_encrypted)),
+            api_key_masked=masked,
             has_passphrase=row.passphrase_encrypted is not None,
             is_active=row.is_active,
             created_at=row.created_at,
@@ -130,38 +140,51 @@ class CredentialService:
             raise NotFound(f"credential {credential_id} not found")
         return row
 
-    async def reencrypt_all(self, *, batch_size: int = 100) -> int:
+    @staticmethod
+    def _not_under(key_id: str) -> ColumnElement[bool]:
+        prefix = f"v1.{key_id}."
+        return or_(
+            ~UserApiKey.api_key_encrypted.startswith(prefix),
+            ~UserApiKey.api_secret_encrypted.startswith(prefix),
+            UserApiKey.passphrase_encrypted.is_not(None) & ~UserApiKey.passphrase_encrypted.startswith(prefix),
+        )
+
+    async def pending_rotation(self) -> int:
+        """How many credentials are not yet under the primary key (an unfinished rotation)."""
+        async with self.database.system_session(read_only=True) as session:
+            count = await session.scalar(
+                select(func.count()).select_from(UserApiKey).where(self._not_under(self.cipher.keyring.primary_id))
+            )
+        return int(count or 0)
+
+    async def reencrypt_all(self, *, batch_size: int = 100) -> tuple[int, list[uuid.UUID]]:
         """Re-encrypt every credential not under the primary key, in small transactions (no downtime).
 
-        Old ciphertexts keep decrypting throughout, as long as their key is still in the ring.
+        Old ciphertexts keep decrypting throughout, as long as their key is still in the ring. Returns how many
+        were re-encrypted and the ids of those that could not be decrypted (left as they are, reported).
         """
         primary = self.cipher.keyring.primary_id
-        prefix = f"v1.{primary}."
-        done = 0
+        done, unreadable = 0, list[uuid.UUID]()
         while True:
             async with self.database.system_session() as session:
-                rows = (
-                    await session.scalars(
-                        select(UserApiKey)
-                        .where(
-                            or_(
-                                ~UserApiKey.api_key_encrypted.startswith(prefix),
-                                ~UserApiKey.api_secret_encrypted.startswith(prefix),
-                                UserApiKey.passphrase_encrypted.is_not(None)
-                                & ~UserApiKey.passphrase_encrypted.startswith(prefix),
-                            )
-                        )
-                        .limit(batch_size)
-                        .with_for_update()
-                    )
-                ).all()
+                query = select(UserApiKey).where(self._not_under(primary))
+                if unreadable:
+                    query = query.where(UserApiKey.id.not_in(unreadable))
+                rows = (await session.scalars(query.order_by(UserApiKey.id).limit(batch_size).with_for_update())).all()
                 for row in rows:
-                    for field in FIELDS:
-                        token = getattr(row, f"{field}_encrypted")
-                        if token is not None and self.cipher.needs_reencrypt(token):
-                            plain = self._decrypt(row, field, token)
-                            setattr(row, f"{field}_encrypted", self._encrypt(row, field, plain))
+                    try:
+                        fresh = {
+                            field: self._encrypt(row, field, self._decrypt(row, field, token))
+                            for field in FIELDS
+                            if (token := getattr(row, f"{field}_encrypted")) is not None
+                        }
+                    except CredentialDecryptError:
+                        log.warning("credential cannot be decrypted; left as it is", credential_id=str(row.id))
+                        unreadable.append(row.id)
+                        continue
+                    for field, token in fresh.items():
+                        setattr(row, f"{field}_encrypted", token)
                     audit.record(session, "credential.rotated", row.user_id, credential_id=row.id, key_id=primary)
-            done += len(rows)
+                    done += 1
             if len(rows) < batch_size:
-                return done
+                return done, unreadable

@@ -1,0 +1,606 @@
+"""Bulk import of historical OHLCV candles from CSV or JSON files into `market_data_ohlcv`.
+
+Files hold rows `ts_ms, open, high, low, close, volume` (CSV, with an optional header line) or a JSON array of such
+rows. Every row is validated as a candle of the given series: its timestamp opens a bucket of the timeframe,
+`low <= open, close <= high`, prices are positive, the volume is not negative, every value fits `DECIMAL(20,8)`
+exactly (never rounded) and no timestamp appears twice. Rows are numbered as a reader finds them: the line number
+in a CSV file (a header is line 1), the position in a JSON array.
+
+The import is all-or-nothing: it runs in one transaction, and the first bad row aborts it with an
+`ImportFormatError` naming the row and column. With `skip_bad_rows`, bad rows are reported instead and the others
+imported. Rows are upserted on (symbol, exchange, timeframe, open_time): importing a file again updates the stored
+candles, never duplicates them; `quote_volume` and `trades_count` become NULL, as the file has none.
+
+Speed: the writer uses each driver's bulk path (PostgreSQL `COPY` into a staging table and one
+`INSERT ... SELECT ... ON CONFLICT`; SQLite `executemany` of pre-encoded values). Rows in the canonical form
+`123.45` are checked by one regular expression per block and compared as fixed-width text; any other row goes
+through `Decimal` and gets a precise diagnosis.
+
+On SQLite the import holds the database's write lock until it commits, like any transaction there: other writers
+wait, so import large files while the API is idle (or on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import re
+import secrets
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from operator import itemgetter
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from sqlalchemy import text as sql_text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cival.core.db import Database
+from cival.core.exceptions import ValidationFailed
+from cival.database.types import DecimalPrecisionError, ExactDecimal
+from cival.domain.candles import EPOCH, UnknownTimeframe, parse_timeframe
+
+COLUMNS = ("ts_ms", "open", "high", "low", "close", "volume")
+"""The columns of a candle file, in order."""
+
+MAX_REPORTED_ERRORS = 100
+"""With `skip_bad_rows`, details of at most this many bad rows are kept; all are counted."""
+
+Format = Literal["csv", "json"]
+Progress = Callable[[int, int], None]
+
+_MONEY = ExactDecimal(20, 8)
+_ZERO = _MONEY.encode(Decimal(0))
+_EXCHANGE = re.compile(r"[a-z0-9_-]{1,50}")
+_SYMBOL = re.compile(r"[A-Z0-9]+/[A-Z0-9]+")
+_DIGITS = re.compile(r"[0-9]+")
+_MAX_TS_MS = int((datetime(9999, 12, 31, 23, 59, tzinfo=UTC) - EPOCH).total_seconds()) * 1000
+_DAY_MS = 86_400_000
+_MINUTE_MS = 60_000
+# A row in canonical form: digits, and at most 12 integer and 8 fractional digits per value. The integer and
+# fractional parts are captured apart so the fixed-width text SQLite stores is two paddings away.
+_NUM = r"([0-9]{1,12})(?:\.([0-9]{1,8}))?"
+_CANONICAL_LINE = re.compile(rf"^([0-9]{{1,15}}),{_NUM},{_NUM},{_NUM},{_NUM},{_NUM}$", re.MULTILINE)
+_BLANK_LINE = re.compile(r"^[ \t]*\n", re.MULTILINE)
+_BLOCK_CHARS = 256 * 1024
+_SQLITE_CHUNK = 5_000
+
+_OHLCV = ["open_price", "high_price", "low_price", "close_price", "volume"]
+# The file is the truth for the candles it holds: a re-import replaces them whole, and the file has no quote volume
+# or trade count, so those are cleared rather than left describing other trades.
+_SQLITE_UPSERT = """
+INSERT INTO market_data_ohlcv
+    (id, symbol, exchange, timeframe, open_time, close_time,
+     open_price, high_price, low_price, close_price, volume, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (symbol, exchange, timeframe, open_time) DO UPDATE SET
+    close_time = excluded.close_time, open_price = excluded.open_price, high_price = excluded.high_price,
+    low_price = excluded.low_price, close_price = excluded.close_price, volume = excluded.volume,
+    quote_volume = NULL, trades_count = NULL
+"""
+_PG_STAGE = """
+CREATE TEMPORARY TABLE cival_candle_import (
+    open_time timestamptz NOT NULL, open_price text NOT NULL, high_price text NOT NULL,
+    low_price text NOT NULL, close_price text NOT NULL, volume text NOT NULL
+) ON COMMIT DROP
+"""
+_PG_UPSERT = """
+INSERT INTO market_data_ohlcv
+    (symbol, exchange, timeframe, open_time, close_time, open_price, high_price, low_price, close_price, volume)
+SELECT :symbol, :exchange, :timeframe, open_time, open_time + CAST(:close_offset AS interval),
+       CAST(open_price AS numeric), CAST(high_price AS numeric), CAST(low_price AS numeric),
+       CAST(close_price AS numeric), CAST(volume AS numeric)
+FROM cival_candle_import
+ON CONFLICT (symbol, exchange, timeframe, open_time) DO UPDATE SET
+    close_time = excluded.close_time, open_price = excluded.open_price, high_price = excluded.high_price,
+    low_price = excluded.low_price, close_price = excluded.close_price, volume = excluded.volume,
+    quote_volume = NULL, trades_count = NULL
+"""
+
+# One stored row before it meets a database: ts in ms, then open, high, low, close, volume as SQLite's sortable
+# fixed-width text (`ExactDecimal.encode`), which also orders correctly as plain strings because none is negative.
+_Row = tuple[int, str, str, str, str, str]
+
+
+class ImportFormatError(ValidationFailed):
+    """A row of a candle file is malformed; `row` is 1-based, `column` names the field (None: the whole row)."""
+
+    code = "invalid_candle_file"
+
+    def __init__(self, row: int, column: str | None, problem: str) -> None:
+        where = f"row {row}, column {column}" if column else f"row {row}"
+        super().__init__(f"{where}: {problem}", row=row, column=column)
+        self.row = row
+        self.column = column
+        self.problem = problem
+
+
+class InvalidImportTarget(ValidationFailed):
+    """The exchange, symbol, timeframe or format of an import is not valid; `field` names which."""
+
+    code = "invalid_import_target"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}", field=field)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What an import did; `errors` holds the first `MAX_REPORTED_ERRORS` bad rows, `rows_skipped` counts all."""
+
+    rows_read: int
+    rows_written: int
+    rows_skipped: int
+    errors: list[ImportFormatError] = field(default_factory=list)
+    first_open_time: datetime | None = None
+    last_open_time: datetime | None = None
+
+
+async def import_candles(
+    database: Database,
+    source: Path | bytes | str,
+    *,
+    exchange: str,
+    symbol: str,
+    timeframe: str,
+    fmt: Format | None = None,
+    skip_bad_rows: bool = False,
+    progress: Progress | None = None,
+) -> ImportResult:
+    """Validate and upsert the candles of `source` (a file, or its content as bytes or text) in one transaction."""
+    step = _check_target(exchange, symbol, timeframe)
+    kind = _format_of(source, fmt)
+    content = _decode(await asyncio.to_thread(source.read_bytes) if isinstance(source, Path) else source)
+    if kind is None:
+        # Content without a name: a JSON file of rows starts with '[', which no CSV row can.
+        kind = "json" if content.lstrip()[:1] == "[" else "csv"
+    checker = _RowChecker(timeframe, step, skip_bad_rows)
+    chunks, total = _csv_chunks(content, checker) if kind == "csv" else _json_chunks(content, checker)
+    async with database.system_session() as session:
+        conn = await session.connection()
+        writer: _Writer = (
+            _SqliteWriter(conn, exchange, symbol, timeframe, step)
+            if database.is_sqlite
+            else _PostgresWriter(conn, exchange, symbol, timeframe, step)
+        )
+        await writer.start()
+        for chunk in chunks:
+            await writer.write(chunk)
+            if progress is not None:
+                progress(min(checker.rows_read, total), total)
+        written = await writer.finish()
+    if progress is not None:
+        progress(checker.rows_read, checker.rows_read)
+    first, last = checker.span()
+    return ImportResult(
+        rows_read=checker.rows_read,
+        rows_written=written,
+        rows_skipped=checker.bad_rows,
+        errors=checker.errors,
+        first_open_time=first,
+        last_open_time=last,
+    )
+
+
+def _check_target(exchange: str, symbol: str, timeframe: str) -> timedelta:
+    if not _EXCHANGE.fullmatch(exchange):
+        raise InvalidImportTarget("exchange", f"{exchange!r} must be 1-50 characters of a-z, 0-9, '_' and '-'")
+    if len(symbol) > 50 or not _SYMBOL.fullmatch(symbol):
+        raise InvalidImportTarget("symbol", f"{symbol!r} must read BASE/QUOTE in upper-case letters and digits")
+    try:
+        return parse_timeframe(timeframe)
+    except UnknownTimeframe as exc:
+        raise InvalidImportTarget("timeframe", str(exc)) from None
+
+
+def _format_of(source: Path | bytes | str, fmt: str | None) -> Format | None:
+    if fmt is not None:
+        if fmt not in ("csv", "json"):
+            raise InvalidImportTarget("format", f"{fmt!r} is not one of csv, json")
+        return "csv" if fmt == "csv" else "json"
+    if isinstance(source, Path):
+        suffix = source.suffix.lower()
+        if suffix in (".csv", ".json"):
+            return "csv" if suffix == ".csv" else "json"
+        raise InvalidImportTarget(
+            "format", f"cannot tell the format of {source.name} from its extension: give csv or json"
+        )
+    return None
+
+
+def _decode(raw: bytes | str) -> str:
+    if isinstance(raw, bytes):
+        try:
+            content = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            row = raw.count(b"\n", 0, exc.start) + 1
+            raise ImportFormatError(row, None, f"not UTF-8 text (byte {raw[exc.start]:#04x})") from None
+    else:
+        content = raw.removeprefix("\ufeff")
+    if "\r" in content:
+        content = content.replace("\r\n", "\n").replace("\r", "\n")
+    return content
+
+
+class _RowChecker:
+    """Validates the rows of one file into chunks, and tracks what the result reports: counts, errors, span."""
+
+    def __init__(self, timeframe: str, step: timedelta, skip_bad_rows: bool) -> None:
+        self.timeframe = timeframe
+        self.step_ms = step // timedelta(milliseconds=1)
+        self.skip_bad_rows = skip_bad_rows
+        self.rows_read = 0
+        self.bad_rows = 0
+        self.errors: list[ImportFormatError] = []
+        self.out: list[_Row] = []
+        self.min_ts: int | None = None
+        # Rows arriving in increasing time order cannot repeat a timestamp, so until one arrives out of order the
+        # accepted timestamps are only appended to a compact array; the set is built on the first need.
+        self.max_ts = -1
+        self._accepted = array("q")
+        self._seen: set[int] | None = None
+        self._unseen_from = 0  # rows of `out` not yet in `_seen`
+
+    def span(self) -> tuple[datetime | None, datetime | None]:
+        if self.min_ts is None:
+            return None, None
+        return _utc(self.min_ts), _utc(self.max_ts)
+
+    def take_chunk(self) -> list[_Row]:
+        """The good rows checked since the last call."""
+        chunk, self.out = self.out, []
+        if chunk:
+            timestamps = list(map(itemgetter(0), chunk))
+            lowest = min(timestamps)
+            self.min_ts = lowest if self.min_ts is None else min(self.min_ts, lowest)
+            if self._seen is None:
+                self._accepted.extend(timestamps)
+            else:
+                self._seen.update(timestamps[self._unseen_from :])
+        self._unseen_from = 0
+        return chunk
+
+    def accept_canonical(self, matches: list[tuple[str, ...]], first_row: int) -> None:
+        """Check rows matched by `_CANONICAL_LINE` (consecutive lines from `first_row`); keep the good ones."""
+        step, max_ts, zero, append = self.step_ms, self.max_ts, _ZERO, self.out.append
+        for i, g in enumerate(matches):
+            ts = int(g[0])
+            o = f"{g[1]:0>12}.{g[2]:0<8}"
+            h = f"{g[3]:0>12}.{g[4]:0<8}"
+            lo = f"{g[5]:0>12}.{g[6]:0<8}"
+            c = f"{g[7]:0>12}.{g[8]:0<8}"
+            # Fixed-width text of non-negative values compares like the numbers.
+            if max_ts < ts <= _MAX_TS_MS and not ts % step and lo <= o <= h and lo <= c <= h and lo != zero:
+                append((ts, o, h, lo, c, f"{g[9]:0>12}.{g[10]:0<8}"))
+                max_ts = ts
+            else:
+                # Possibly a duplicate, or bad: the general path decides and says precisely what is wrong.
+                self.max_ts = max_ts
+                self.accept_fields(
+                    [g[0], *(f"{g[k]}.{g[k + 1]}" if g[k + 1] else g[k] for k in range(1, 11, 2))], first_row + i
+                )
+                max_ts = self.max_ts
+        self.max_ts = max_ts
+        self.rows_read += len(matches)
+
+    def accept_line(self, line: str, row: int) -> None:
+        """Check one CSV line of any form (quoted, spaced, exponent notation ...)."""
+        self.rows_read += 1
+        self.accept_fields(next(csv.reader([line]), []), row)
+
+    def accept_json(self, item: object, row: int) -> None:
+        self.rows_read += 1
+        if isinstance(item, list):
+            self.accept_fields(item, row)
+        else:
+            self.reject(ImportFormatError(row, None, f"expected an array [{', '.join(COLUMNS)}], got {_show(item)}"))
+
+    def accept_fields(self, fields: Sequence[object], row: int) -> None:
+        """Validate one row of raw values (text, or JSON numbers); keep it if good, else reject it."""
+        try:
+            self.out.append(self._validate(fields, row))
+        except ImportFormatError as exc:
+            self.reject(exc)
+
+    def reject(self, error: ImportFormatError) -> None:
+        """Abort on `error`, or record it and carry on with `skip_bad_rows`."""
+        if not self.skip_bad_rows:
+            raise error
+        self.bad_rows += 1
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append(error)
+
+    def _validate(self, fields: Sequence[object], row: int) -> _Row:
+        if len(fields) != len(COLUMNS):
+            raise ImportFormatError(row, None, f"{len(fields)} columns, expected {len(COLUMNS)} ({', '.join(COLUMNS)})")
+        ts = self._timestamp(fields[0], row)
+        if ts <= self.max_ts and self._is_duplicate(ts):
+            raise ImportFormatError(row, "ts_ms", f"{ts} ({_utc(ts).isoformat()}) repeats an earlier row")
+        values = [_decimal(fields[k], row, COLUMNS[k]) for k in range(1, 6)]
+        problem = _contradiction(values, [_show(f) for f in fields[1:]])
+        if problem is not None:
+            raise ImportFormatError(row, *problem)
+        self.max_ts = max(self.max_ts, ts)
+        o, h, lo, c, v = (_MONEY.encode(x) for x in values)
+        return (ts, o, h, lo, c, v)
+
+    def _timestamp(self, value: object, row: int) -> int:
+        ts: int | None = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            ts = value
+        elif isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+            ts = int(value.strip())
+        elif isinstance(value, str | Decimal):
+            try:
+                dec = Decimal(value.strip()) if isinstance(value, str) else value
+                ts = int(dec) if dec.is_finite() and dec == dec.to_integral_value() else None
+            except InvalidOperation:
+                ts = None
+        if ts is None:
+            raise ImportFormatError(row, "ts_ms", f"{_show(value)} is not a whole number of milliseconds")
+        if not 0 <= ts <= _MAX_TS_MS:
+            raise ImportFormatError(row, "ts_ms", f"{ts} is out of range (milliseconds since 1970-01-01 UTC)")
+        if ts % self.step_ms:
+            raise ImportFormatError(
+                row, "ts_ms", f"{ts} ({_utc(ts).isoformat()}) is not aligned to a {self.timeframe} bucket"
+            )
+        return ts
+
+    def _is_duplicate(self, ts: int) -> bool:
+        if self._seen is None:
+            self._seen = set(self._accepted)
+            self._accepted = array("q")
+        self._seen.update(r[0] for r in self.out[self._unseen_from :])
+        self._unseen_from = len(self.out)
+        return ts in self._seen
+
+
+def _decimal(value: object, row: int, column: str) -> Decimal:
+    try:
+        if isinstance(value, str):
+            dec = Decimal(value.strip())
+        elif isinstance(value, int | Decimal) and not isinstance(value, bool):
+            dec = Decimal(value)
+        else:
+            raise ImportFormatError(row, column, f"{_show(value)} is not a number")
+        return _MONEY.check(dec)
+    except InvalidOperation:
+        raise ImportFormatError(row, column, f"{_show(value)} is not a number") from None
+    except DecimalPrecisionError as exc:
+        raise ImportFormatError(row, column, f"{exc}; DECIMAL(20,8) holds it only rounded") from None
+
+
+def _contradiction(values: list[Decimal], shown: list[str]) -> tuple[str, str] | None:
+    """(column, problem) for the first way the values contradict each other, or None."""
+    o, h, lo, c, v = values
+    so, sh, sl, sc, sv = shown
+    if lo <= 0:
+        return "low", f"{sl} must be positive"
+    if h < lo:
+        return "high", f"{sh} is below low {sl}"
+    if h < o:
+        return "high", f"{sh} is below open {so}"
+    if h < c:
+        return "high", f"{sh} is below close {sc}"
+    if lo > o:
+        return "low", f"{sl} is above open {so}"
+    if lo > c:
+        return "low", f"{sl} is above close {sc}"
+    if v < 0:
+        return "volume", f"{sv} is negative"
+    return None
+
+
+def _show(value: object) -> str:
+    """A field as the file spells it, quoted when that would be invisible or long."""
+    text = value.strip() if isinstance(value, str) else "null" if value is None else str(value)
+    return repr(text) if not text or len(text) > 40 or text != str(value) else text
+
+
+def _utc(ts_ms: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=ts_ms)
+
+
+# --- reading ---------------------------------------------------------------------------------------------------
+
+
+def _csv_chunks(content: str, checker: _RowChecker) -> tuple[Iterator[list[_Row]], int]:
+    """Chunks of good rows of a CSV file, and the number of rows in it."""
+    if content and not content.endswith("\n"):
+        content += "\n"
+    first_line = content[: content.find("\n")]
+    first_field = next(csv.reader([first_line]), [""])[0].strip() if first_line.strip() else ""
+    has_header = bool(first_field) and not _is_number(first_field)
+    start = len(first_line) + 1 if has_header else 0
+    total = content.count("\n", start) - len(_BLANK_LINE.findall(content, start))
+    return _csv_blocks(content, start, 2 if has_header else 1, checker), total
+
+
+def _is_number(text: str) -> bool:
+    try:
+        Decimal(text)
+    except InvalidOperation:
+        return False
+    return True
+
+
+def _csv_blocks(content: str, pos: int, row: int, checker: _RowChecker) -> Iterator[list[_Row]]:
+    while pos < len(content):
+        end = content.find("\n", pos + _BLOCK_CHARS)
+        end = len(content) if end < 0 else end + 1
+        block = content[pos:end]
+        lines = block.count("\n")
+        matches = _CANONICAL_LINE.findall(block)
+        if len(matches) == lines:
+            checker.accept_canonical(matches, row)
+        else:
+            # Some line is not canonical (blank, quoted, exponent notation, or bad): look at each line on its own.
+            for offset, line in enumerate(block.split("\n")[:-1]):
+                if not line.strip():
+                    continue
+                match = _CANONICAL_LINE.fullmatch(line)
+                if match is not None:
+                    checker.accept_canonical([match.groups("")], row + offset)
+                else:
+                    checker.accept_line(line, row + offset)
+        yield checker.take_chunk()
+        pos, row = end, row + lines
+
+
+def _json_chunks(content: str, checker: _RowChecker) -> tuple[Iterator[list[_Row]], int]:
+    """Chunks of good rows of a JSON array of rows, and the number of rows in it."""
+    try:
+        items = json.loads(content, parse_float=Decimal, parse_constant=Decimal)
+    except json.JSONDecodeError as exc:
+        raise _locate_json_error(content, exc) from None
+    if not isinstance(items, list):
+        raise ImportFormatError(0, None, f"expected a JSON array of [{', '.join(COLUMNS)}] rows")
+    return _json_blocks(items, checker), len(items)
+
+
+def _json_blocks(items: list[Any], checker: _RowChecker) -> Iterator[list[_Row]]:
+    for first in range(0, len(items), _SQLITE_CHUNK):
+        for offset, item in enumerate(items[first : first + _SQLITE_CHUNK]):
+            checker.accept_json(item, first + offset + 1)
+        yield checker.take_chunk()
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _locate_json_error(content: str, error: json.JSONDecodeError) -> ImportFormatError:
+    """The row of a JSON array in which `error` occurred (0 when outside any row)."""
+    where = f"line {error.lineno}, character {error.colno}"
+    decoder = json.JSONDecoder(parse_float=Decimal, parse_constant=Decimal)
+    pos = _skip_space(content, 0)
+    if content[pos : pos + 1] != "[":
+        return ImportFormatError(0, None, f"not a JSON array of rows ({error.msg} at {where})")
+    pos, row = _skip_space(content, pos + 1), 0
+    while pos < len(content) and content[pos] != "]":
+        row += 1
+        try:
+            _, pos = decoder.raw_decode(content, pos)
+        except json.JSONDecodeError:
+            break
+        pos = _skip_space(content, pos)
+        if content[pos : pos + 1] != ",":
+            break
+        pos = _skip_space(content, pos + 1)
+    return ImportFormatError(row, None, f"invalid JSON: {error.msg} at {where}")
+
+
+def _skip_space(content: str, pos: int) -> int:
+    match = _JSON_SPACE.match(content, pos)
+    return match.end() if match else pos
+
+
+# --- writing ---------------------------------------------------------------------------------------------------
+
+
+class _Writer(Protocol):
+    async def start(self) -> None: ...
+
+    async def write(self, rows: list[_Row]) -> None: ...
+
+    async def finish(self) -> int: ...
+
+
+class _SqliteWriter:
+    """`executemany` of values already in their stored form: ExactDecimal text, SQLAlchemy's DATETIME text."""
+
+    def __init__(self, conn: AsyncConnection, exchange: str, symbol: str, timeframe: str, step: timedelta) -> None:
+        self.conn = conn
+        self.series = (symbol, exchange, timeframe)
+        self.step_minutes = step // timedelta(minutes=1)
+        self.created_at = _sqlite_datetime(datetime.now(UTC))
+        self.written = 0
+        self._days: dict[int, str] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def write(self, rows: list[_Row]) -> None:
+        if not rows:
+            return
+        symbol, exchange, timeframe = self.series
+        created, days, last_minute = self.created_at, self._days, self.step_minutes - 1
+        ids = iter(_uuid4_hexes(len(rows)))
+        params = []
+        for ts, o, h, lo, c, v in rows:
+            day, ms = divmod(ts, _DAY_MS)
+            date = days.get(day)
+            if date is None:
+                date = days[day] = (EPOCH + timedelta(days=day)).strftime("%Y-%m-%d ")
+            # Every timeframe divides a day, so a candle closes on the day it opens.
+            minute = ms // _MINUTE_MS
+            opened, closed = date + _OPEN_AT[minute], date + _CLOSE_AT[minute + last_minute]
+            params.append((next(ids), symbol, exchange, timeframe, opened, closed, o, h, lo, c, v, created))
+        for first in range(0, len(params), _SQLITE_CHUNK):
+            await self.conn.exec_driver_sql(_SQLITE_UPSERT, params[first : first + _SQLITE_CHUNK])
+        self.written += len(params)
+
+    async def finish(self) -> int:
+        return self.written
+
+
+class _PostgresWriter:
+    """`COPY` into a temporary staging table, then one upsert from it into `market_data_ohlcv`."""
+
+    def __init__(self, conn: AsyncConnection, exchange: str, symbol: str, timeframe: str, step: timedelta) -> None:
+        self.conn = conn
+        self.params = {
+            "symbol": symbol,
+            "exchange": exchange,
+            "timeframe": timeframe,
+            "close_offset": step - timedelta(microseconds=1),
+        }
+        self._driver: Any = None
+        self._days: dict[int, datetime] = {}
+
+    async def start(self) -> None:
+        await self.conn.exec_driver_sql(_PG_STAGE)
+        raw = await self.conn.get_raw_connection()
+        self._driver = raw.driver_connection
+
+    async def write(self, rows: list[_Row]) -> None:
+        if not rows:
+            return
+        days = self._days
+        records = [(_utc_cached(row[0], days), *row[1:]) for row in rows]
+        await self._driver.copy_records_to_table("cival_candle_import", records=records, columns=["open_time", *_OHLCV])
+
+    async def finish(self) -> int:
+        result = await self.conn.execute(sql_text(_PG_UPSERT), self.params)
+        return result.rowcount
+
+
+def _utc_cached(ts: int, days: dict[int, datetime]) -> datetime:
+    day, ms = divmod(ts, _DAY_MS)
+    start = days.get(day)
+    if start is None:
+        start = days[day] = EPOCH + timedelta(days=day)
+    return start + timedelta(milliseconds=ms)
+
+
+def _sqlite_datetime(moment: datetime) -> str:
+    """The text SQLAlchemy's SQLite DATETIME stores for an aware `moment` (naive UTC, microseconds always)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+_OPEN_AT = [f"{m // 60:02d}:{m % 60:02d}:00.000000" for m in range(24 * 60)]
+_CLOSE_AT = [f"{m // 60:02d}:{m % 60:02d}:59.999999" for m in range(24 * 60)]
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+def _uuid4_hexes(count: int) -> list[str]:
+    """`count` random version-4 UUIDs as the 32 hex digits SQLAlchemy's Uuid stores on SQLite; one entropy call."""
+    pool = secrets.token_hex(16 * count)
+    return [
+        pool[i : i + 12] + "4" + pool[i + 13 : i + 16] + _VARIANT[pool[i + 16]] + pool[i + 17 : i + 32]
+        for i in range(0, 32 * count, 32)
+    ]
