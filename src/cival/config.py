@@ -91,7 +91,9 @@ class Settings(BaseSettings):
     book_snapshot_seconds: float = Field(default=60.0, gt=0, le=86400)
     book_retention_hours: float = Field(default=24.0, gt=0, le=24 * 365)
     paper_pairs: list[PaperPair] | None = Field(
-        default=None, description="The paper exchange's pairs, JSON; default BTC/USDT, ETH/USDT, SOL/USDT."
+        default=None,
+        min_length=1,
+        description="The paper exchange's pairs, JSON; default BTC/USDT, ETH/USDT, SOL/USDT.",
     )
 
     @field_validator("paper_starting_balances")

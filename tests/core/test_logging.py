@@ -54,3 +54,30 @@ async def test_user_id_is_carried_into_its_column(clean_db: Database, registry: 
     async with clean_db.system_session() as session:
         stored = (await session.execute(select(SystemLog).where(SystemLog.user_id == user.id))).scalars().all()
     assert [s.message for s in stored] == ["login failed"]
+
+
+async def test_session_tokens_in_log_text_are_redacted(clean_db: Database, registry: ServiceRegistry) -> None:
+    """uvicorn logs WebSocket paths with their `?token=` query: the token must reach neither stderr nor the DB."""
+    token = "cvl_" + uuid.uuid4().hex
+    record = logging.LogRecord(
+        "uvicorn.error",
+        logging.WARNING,
+        __file__,
+        1,
+        '%s - "WebSocket /api/v1/ws?token=%s" 403',
+        ("127.0.0.1", token),
+        None,
+    )
+    stderr = next(h for h in logging.getLogger().handlers if h.get_name() == "cival-stderr")
+    rendered = stderr.format(record)
+    assert "token=[redacted]" in rendered
+    assert token not in rendered
+    logging.getLogger("uvicorn.error").handle(record)
+    get_logger("cival.test").warning("header was Bearer " + token)
+    await registry.log_sink.flush_async()
+    async with clean_db.system_session() as session:
+        rows = (await session.execute(select(SystemLog))).scalars().all()
+    texts = [r.message + str(r.data) for r in rows]
+    assert any("token=[redacted]" in t for t in texts)
+    assert any("Bearer [redacted]" in t for t in texts)
+    assert all(token not in t for t in texts)

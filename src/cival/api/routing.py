@@ -1,8 +1,9 @@
 """The route class every Cival router uses, and a way to list the app's routes.
 
 `CivalRoute` declares in OpenAPI the error responses a route can give, derived from the route itself, so a new
-route is documented without anyone remembering to: 422 where it takes input, 401 where it needs a session, 403
-where it needs the admin role, 404 where it names an object. All in the one error shape.
+route is documented without anyone remembering to: 422 where it takes input, 400 where its body may not be JSON,
+401 where it needs a session, 403 where it needs the admin role, 404 where it names an object. All in the one
+error shape.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class CivalRoute(APIRoute):
     def __init__(self, path: str, endpoint: Any, **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
         declared: dict[int | str, dict[str, Any]] = {}
+        if self.body_field is not None:
+            declared[400] = {"model": ErrorOut, "description": "The body is not valid JSON"}
         if self.dependant.path_params or self.dependant.query_params or self.body_field is not None:
             declared[422] = {"model": ValidationErrorOut, "description": "Invalid input"}
         if _depends_on(self.dependant, "get_principal"):

@@ -14,10 +14,12 @@ Channels: `ticker:<exchange>:<symbol>`, `book:<exchange>:<symbol>`, `candles:<ex
 the caller's own `orders`, `trades`, `positions`, `balances`, `portfolio`, `alerts`; at most 100 per connection.
 
 Server frames: `{"type":"update","channel":...,"data":{...}}` (and `"seq"` where the channel numbers its updates),
-`{"type":"heartbeat","ts":...}` after 15 s of silence, and errors `invalid_json`, `invalid_message`,
-`unknown_channel`, `too_many_channels`, which leave the connection open. Close codes: 4401 not authenticated (also
-when the session is revoked while connected), 4008 slow consumer (the client fell 1,000 messages behind),
-1001 server shutting down, 1011 channel feed lost; reconnect and resubscribe after any of them but 4401.
+`{"type":"heartbeat","ts":...}` when the connection is otherwise quiet (a client never waits more than 15 s for a
+frame), and errors `invalid_json`, `invalid_message`, `unknown_channel`, `too_many_channels`, which leave the
+connection open (so does `service_unavailable` when a subscription cannot start). Close codes: 4401 not
+authenticated (also when the session is revoked while connected), 4008 slow consumer (the client fell 1,000
+messages behind), 1001 server shutting down, 1011 channel feed lost, 1013 session store unavailable at connect;
+reconnect (and resubscribe) after any of them but 4401.
 """
 
 from __future__ import annotations

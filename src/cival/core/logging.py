@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import sys
 import uuid
 from collections import deque
@@ -25,10 +26,16 @@ _SECRET_KEYS = frozenset({"password", "token", "secret", "api_key", "api_secret"
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
+_TOKEN_IN_TEXT = re.compile(r"(token=|Bearer\s+)[^&\s\"']+", re.IGNORECASE)
+
+
 def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
-    for key in event:
+    for key, value in event.items():
         if key.lower() in _SECRET_KEYS:
             event[key] = "[redacted]"
+        elif isinstance(value, str) and ("token=" in value or "Bearer" in value):
+            # uvicorn logs WebSocket paths with `?token=...`: never let a session token reach a log.
+            event[key] = _TOKEN_IN_TEXT.sub(r"\1[redacted]", value)
     return event
 
 
@@ -121,6 +128,7 @@ class DatabaseLogSink(logging.Handler):
             data = {k: v for k, v in record.__dict__.items() if k not in _RESERVED and not k.startswith("_")}
         if record.exc_info and record.exc_info[0] is not None:
             data["exception"] = logging.Formatter().formatException(record.exc_info)
+        message = _TOKEN_IN_TEXT.sub(r"\1[redacted]", message)
         user_id = data.pop("user_id", None)
         data = _redact(None, "", {k: _jsonable(v) for k, v in data.items()})
         return {

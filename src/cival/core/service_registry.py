@@ -6,10 +6,9 @@ capabilities add their service here, built after what it depends on and closed b
 
 from __future__ import annotations
 
-import json
+import functools
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
 
 from cival import __version__
 from cival.config import Settings
@@ -24,6 +23,7 @@ from cival.services.account_service import AccountService
 from cival.services.auth_service import AuthService
 from cival.services.credential_service import CredentialService
 from cival.services.market_data_service import MarketDataService
+from cival.services.websocket_manager import WebSocketManager, make_resolver, publish_public
 from cival.services.rate_limiter import RateLimiter
 
 log = get_logger(__name__)
@@ -86,6 +86,7 @@ class ServiceRegistry:
     credentials: CredentialService
     accounts: AccountService
     market_data: MarketDataService
+    websockets: WebSocketManager
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -122,19 +123,22 @@ class ServiceRegistry:
         self.accounts = AccountService(self.database, self.credentials, s.paper_starting_balances)
 
         self.market_data = MarketDataService(self.database, self.cache, s)
-        self.market_data.publish = self._publish_public
+        self.market_data.publish = functools.partial(publish_public, self.cache)
         await self.market_data.start()
         self._started.append("market_data")
 
-    async def _publish_public(self, channel: str, data: dict[str, Any]) -> None:
-        frame = {"type": "update", "channel": channel, "data": data}
-        await self.cache.publish("md:" + channel, json.dumps(frame, separators=(",", ":")).encode())
+        self.websockets = WebSocketManager(
+            self.cache, self.auth.authenticate, make_resolver(self.market_data.validate_public_channel)
+        )
+        self._started.append("websockets")
 
     async def close(self) -> None:
         """Close what was started, newest first; one failing close does not stop the others."""
         for name in reversed(self._started):
             try:
-                if name == "market_data":
+                if name == "websockets":
+                    await self.websockets.close()
+                elif name == "market_data":
                     await self.market_data.stop()
                 elif name == "log_sink":
                     await self.log_sink.stop()

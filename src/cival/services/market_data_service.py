@@ -170,6 +170,8 @@ class MarketDataService:
         self._last_snapshot_write = 0.0
         self._task: asyncio.Task[None] | None = None
         self.is_leader = False
+        # Latest books and tickers vanish if no leader refreshes them: stale prices are worse than none.
+        self._latest_ttl = max(30.0, 10 * settings.market_step_seconds)
         self.publish: Any = None  # set by the registry: async (channel, data) -> None
 
     # --- life cycle ------------------------------------------------------------------------------------
@@ -274,7 +276,8 @@ class MarketDataService:
         self._feeds = {key: _Feed(i, CandleBuilder(i.symbol, i.exchange)) for key, i in self.instruments.items()}
         for row in history:
             feed = self._feeds.get((row.exchange, row.symbol))
-            if feed is not None and row.open_time < start:
+            # The minute the new leader starts in is rebuilt from its own trades (and replaces the stored one).
+            if feed is not None and row.open_time < bucket_start(start, "1m"):
                 feed.history.append(
                     Candle(
                         symbol=row.symbol,
@@ -290,6 +293,9 @@ class MarketDataService:
                         trades_count=row.trades_count or 0,
                     )
                 )
+        # What a previous leadership of this instance remembered may be stale: write everything afresh.
+        self._status.clear()
+        self._last_ticker_write = self._last_snapshot_write = 0.0
         self.is_leader = True
         log.info("leading market data", instance=self.instance_id, pairs=len(self._feeds))
 
@@ -327,13 +333,16 @@ class MarketDataService:
                 feed.last_price = trade.tick.price
             closed += feed.builder.advance(now)
             for candle in closed:
+                if feed.history and feed.history[-1].open_time == candle.open_time:
+                    feed.history.pop()
                 feed.history.append(candle)
                 to_store.append(candle)
                 frames.append((candles_channel(exchange, candle.symbol, "1m"), _candle_out(candle, closed=True)))
                 for tf in HIGHER_TIMEFRAMES:
                     rolled = self._roll_up(feed, candle, tf)
                     to_store.append(rolled)
-                    frames.append((candles_channel(exchange, candle.symbol, tf), _candle_out(rolled, closed=False)))
+                    is_final = candle.close_time == rolled.close_time  # its last minute just closed
+                    frames.append((candles_channel(exchange, candle.symbol, tf), _candle_out(rolled, closed=is_final)))
             forming = feed.builder.current()
             if forming is not None:
                 frames.append((candles_channel(exchange, instrument.symbol, "1m"), _candle_out(forming, closed=False)))
@@ -347,7 +356,9 @@ class MarketDataService:
                 if ticker is not None:
                     tickers.append(ticker)
                     await self.cache.set(
-                        f"md:latest:{ticker_channel(exchange, instrument.symbol)}", ticker.model_dump_json().encode()
+                        f"md:latest:{ticker_channel(exchange, instrument.symbol)}",
+                        ticker.model_dump_json().encode(),
+                        ttl=self._latest_ttl,
                     )
                     frames.append((ticker_channel(exchange, instrument.symbol), ticker.model_dump(mode="json")))
         await self._persist(exchange, to_store, tickers, elapsed_ms)
@@ -561,10 +572,11 @@ class MarketDataService:
         keys = [
             k for k in self.instruments if (exchange is None or k[0] == exchange) and (symbol is None or k[1] == symbol)
         ]
-        if exchange is not None and symbol is not None:
-            self.instrument(exchange, symbol)
-        elif exchange is not None and not keys:
-            self.instrument(exchange, "")
+        if exchange is not None:
+            self.instrument(exchange, symbol if symbol is not None else keys[0][1] if keys else "")
+        elif symbol is not None and not keys:
+            known = ", ".join(sorted({s for _, s in self.instruments}))
+            raise UnknownSymbol(f"unknown symbol {symbol!r}; symbols are BASE/QUOTE, one of: {known}")
         out = []
         for key in sorted(keys):
             cached = await self.cache.get(f"md:latest:{ticker_channel(*key)}")
@@ -654,7 +666,18 @@ class MarketDataService:
                 rows = list((await session.scalars(query.order_by(table.open_time.desc()).limit(limit + 1))).all())
                 more_before = len(rows) > limit
                 rows = rows[:limit][::-1]
-                more_after = False
+                more_after = end is not None and bool(
+                    await session.scalar(
+                        select(table.id)
+                        .where(
+                            table.exchange == exchange,
+                            table.symbol == symbol,
+                            table.timeframe == timeframe,
+                            table.open_time > end,
+                        )
+                        .limit(1)
+                    )
+                )
         step = timedelta(microseconds=1)
         return CandlePage(
             exchange=exchange,

@@ -6,7 +6,8 @@
 - Each worker holds ONE cache subscription per cache channel that any of its clients wants, shared by reference
   count: the first subscriber starts a reader task for it, the last one to leave stops it.
 - The reader copies each message into every subscriber's bounded send queue without awaiting; a client whose queue
-  is full is disconnected (4008 "slow consumer") rather than allowed to slow the others or grow memory.
+  is full is disconnected (4008 "slow consumer") rather than allowed to slow the others or grow memory. Between
+  messages of a burst the reader lets the senders run, so only a client whose socket cannot keep up falls behind.
 - One sender task per connection drains its queue to the socket. Messages of one channel reach a client in
   publish order; across channels there is no order.
 - One ticker per manager, every `heartbeat_seconds / 2`, queues a heartbeat for each connection that has been
@@ -157,13 +158,21 @@ async def publish_user(
 
 
 def make_resolver(public_validator: Callable[[str], None]) -> Resolve:
-    """The resolver for `WebSocketManager`: user channels here, public names checked by `public_validator`."""
+    """The resolver for `WebSocketManager`: user channels here, public names checked by `public_validator`.
+
+    The validator may raise any `ValidationFailed` (unknown exchange, symbol, timeframe); it becomes UnknownChannel.
+    """
 
     def resolve(channel: str, principal: Principal) -> str:
         if channel in USER_CHANNELS:
             return user_cache_channel(principal.user_id, channel)
         if channel.startswith(PUBLIC_PREFIXES):
-            public_validator(channel)
+            try:
+                public_validator(channel)
+            except UnknownChannel:
+                raise
+            except ValidationFailed as exc:
+                raise UnknownChannel(exc.detail) from exc
             return public_cache_channel(channel)
         raise UnknownChannel(
             f"unknown channel {_shorten(channel)!r}: expected one of {', '.join(sorted(USER_CHANNELS))}, "
@@ -180,7 +189,9 @@ def _shorten(text: str, limit: int = 80) -> str:
 # --- connections -------------------------------------------------------------------------------------------------
 
 
-class _BadMessage(Exception):
+class _ErrorReply(Exception):
+    """An error frame for the client; the connection stays open."""
+
     def __init__(self, code: str, detail: str, **extra: Any) -> None:
         super().__init__(detail)
         self.code = code
@@ -255,8 +266,8 @@ class WebSocketManager:
         # A reader yields to the senders once a subscriber's queue is half full, long before anyone overflows.
         self._crowded = send_queue_size // 2
         # Metrics: plain counters, read by whoever exports them.
-        self.connections_total = 0
-        self.messages_sent = 0
+        self.connections_total = 0  # authenticated connections since start
+        self.messages_sent = 0  # frames written to sockets: updates, replies, heartbeats
         self.slow_consumer_disconnects = 0
 
     @property
@@ -453,62 +464,65 @@ class WebSocketManager:
                 await self._subscribe(conn, channels)
             else:
                 await self._unsubscribe(conn, channels)
-        except _BadMessage as exc:
+        except _ErrorReply as exc:
             self._enqueue(conn, _dumps({"type": "error", "error": exc.code, "detail": exc.detail, **exc.extra}))
 
     def _parse(self, text: str) -> tuple[str, list[str]]:
         if len(text) > MAX_MESSAGE_CHARS:
-            raise _BadMessage("invalid_message", f"messages are limited to {MAX_MESSAGE_CHARS} characters")
+            raise _ErrorReply("invalid_message", f"messages are limited to {MAX_MESSAGE_CHARS} characters")
         try:
             message = json.loads(text)
         except ValueError as exc:
-            raise _BadMessage("invalid_json", f"the message is not valid JSON: {exc}") from None
+            raise _ErrorReply("invalid_json", f"the message is not valid JSON: {exc}") from None
         if not isinstance(message, dict):
-            raise _BadMessage("invalid_message", 'a message is a JSON object such as {"op": "ping"}')
+            raise _ErrorReply("invalid_message", 'a message is a JSON object such as {"op": "ping"}')
         op = message.get("op")
         if op == "ping":
             return op, []
         if op not in ("subscribe", "unsubscribe"):
-            raise _BadMessage("invalid_message", '"op" must be "subscribe", "unsubscribe" or "ping"')
+            raise _ErrorReply("invalid_message", '"op" must be "subscribe", "unsubscribe" or "ping"')
         channels = message.get("channels")
         if not (
             isinstance(channels, list)
             and channels
             and all(isinstance(c, str) and 0 < len(c) <= MAX_CHANNEL_NAME for c in channels)
         ):
-            raise _BadMessage(
+            raise _ErrorReply(
                 "invalid_message",
                 f'"channels" must be a non-empty list of channel names (each 1-{MAX_CHANNEL_NAME} characters)',
             )
         if len(channels) > self.max_channels:
-            raise _BadMessage("too_many_channels", f"at most {self.max_channels} channels per connection")
+            raise _ErrorReply("too_many_channels", f"at most {self.max_channels} channels per connection")
         return op, list(dict.fromkeys(channels))
 
     async def _subscribe(self, conn: _Connection, channels: list[str]) -> None:
         # All or nothing: every name is resolved and every feed running before any subscription takes effect.
         wanted: dict[str, str] = {}
-        unknown: list[UnknownChannel] = []
+        unknown: list[ValidationFailed] = []
         names: list[str] = []
         for channel in channels:
             if channel in conn.feeds:
                 continue
             try:
                 wanted[channel] = self._resolve(channel, conn.principal)
-            except UnknownChannel as exc:
+            # Any validation failure, not just UnknownChannel: a resolver passing on its validator's own errors
+            # (unknown_symbol ...) still means "no such channel" to the client, never a broken connection.
+            except ValidationFailed as exc:
                 unknown.append(exc)
                 names.append(channel)
         if unknown:
             more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
-            raise _BadMessage("unknown_channel", unknown[0].detail + more, channels=names)
+            raise _ErrorReply("unknown_channel", unknown[0].detail + more, channels=names)
         if len(conn.feeds) + len(wanted) > self.max_channels:
-            raise _BadMessage(
+            raise _ErrorReply(
                 "too_many_channels",
                 f"at most {self.max_channels} channels per connection; {len(conn.feeds)} already subscribed",
             )
         feeds = {channel: self._claim(cache_channel) for channel, cache_channel in wanted.items()}
         try:
-            if feeds:
-                await asyncio.gather(*(feed.started.wait() for feed in feeds.values()))
+            starting = [feed.started.wait() for feed in feeds.values() if not feed.started.is_set()]
+            if starting:
+                await asyncio.gather(*starting)
             failed = next((feed.error for feed in feeds.values() if feed.error is not None), None)
         except BaseException:
             await self._release(feeds.values())
@@ -517,7 +531,7 @@ class WebSocketManager:
             await self._release(feeds.values())
             if failed is not None:
                 code = failed.code if isinstance(failed, CivalError) else "service_unavailable"
-                raise _BadMessage(code, f"could not subscribe: {failed}")
+                raise _ErrorReply(code, f"could not subscribe: {failed}")
             return
         # No await from here to the reply: the reply precedes every update of the new channels.
         for channel, feed in feeds.items():
