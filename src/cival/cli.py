@@ -59,12 +59,21 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default CIVAL_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default CIVAL_PORT).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="API worker processes.")] = 1,
+    replay: Annotated[
+        str | None,
+        typer.Option(help="Drive the paper pair of the same symbol with stored candles `exchange:BASE/QUOTE:tf`."),
+    ] = None,
 ) -> None:
     """Run the API server (migrating an embedded SQLite database first)."""
+    import os
+
     import uvicorn
 
     from cival.core.logging import configure_logging
 
+    if replay is not None:
+        os.environ["CIVAL_REPLAY_SOURCE"] = replay  # read by every worker's settings
+        get_settings.cache_clear()
     settings = _settings()
     configure_logging(settings.log_level, json=settings.log_json)
     try:

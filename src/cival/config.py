@@ -96,6 +96,12 @@ class Settings(BaseSettings):
         description="The paper exchange's pairs, JSON; default BTC/USDT, ETH/USDT, SOL/USDT.",
     )
 
+    replay_source: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9_-]{1,50}:[A-Z0-9]+/[A-Z0-9]+:(1m|5m|15m|1h|4h|1d)$",
+        description="Replay stored candles `exchange:BASE/QUOTE:timeframe` onto the paper pair of the same symbol.",
+    )
+
     @field_validator("paper_starting_balances")
     @classmethod
     def _check_balances(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:

@@ -23,8 +23,8 @@ from cival.services.account_service import AccountService
 from cival.services.auth_service import AuthService
 from cival.services.credential_service import CredentialService
 from cival.services.market_data_service import MarketDataService
-from cival.services.websocket_manager import WebSocketManager, make_resolver, publish_public
 from cival.services.rate_limiter import RateLimiter
+from cival.services.websocket_manager import WebSocketManager, make_resolver, publish_public
 
 log = get_logger(__name__)
 

@@ -27,6 +27,7 @@ from sqlalchemy import delete, func, select
 
 from cival.config import Settings
 from cival.connectors.base import MarketDataSource, SourceUnavailable
+from cival.connectors.replay import RecordedCandle, ReplaySource
 from cival.connectors.simulated import SimulatedSource
 from cival.core.cache import Cache
 from cival.core.db import Database
@@ -263,16 +264,22 @@ class MarketDataService:
                 )
             ).all()
         paper = tuple(i for (exchange, _), i in self.instruments.items() if exchange == "paper")
-        self.sources = [
-            SimulatedSource(
-                paper,
-                seed=self.settings.market_seed,
-                start_time=start,
-                step_seconds=self.settings.market_step_seconds,
-                start_prices=prices,
-                volatilities=self._volatilities,
+        self.sources = []
+        if self.settings.replay_source:
+            replay = await self._replay_source(start)
+            self.sources.append(replay)
+            paper = tuple(i for i in paper if i.symbol != replay.instrument.symbol)
+        if paper:
+            self.sources.append(
+                SimulatedSource(
+                    paper,
+                    seed=self.settings.market_seed,
+                    start_time=start,
+                    step_seconds=self.settings.market_step_seconds,
+                    start_prices=prices,
+                    volatilities=self._volatilities,
+                )
             )
-        ]
         self._feeds = {key: _Feed(i, CandleBuilder(i.symbol, i.exchange)) for key, i in self.instruments.items()}
         for row in history:
             feed = self._feeds.get((row.exchange, row.symbol))
@@ -298,6 +305,30 @@ class MarketDataService:
         self._last_ticker_write = self._last_snapshot_write = 0.0
         self.is_leader = True
         log.info("leading market data", instance=self.instance_id, pairs=len(self._feeds))
+
+    async def _replay_source(self, start: datetime) -> ReplaySource:
+        """The replay of a stored candle series onto the paper pair of the same symbol."""
+        exchange, symbol, timeframe = str(self.settings.replay_source).split(":")
+        instrument = self.instruments.get(("paper", symbol))
+        if instrument is None:
+            raise UnknownSymbol(
+                f"cannot replay {symbol}: it is not a paper pair; add it to CIVAL_PAPER_PAIRS with a fitting tick size"
+            )
+        table = MarketDataOHLCV
+        async with self.database.system_session(read_only=True) as session:
+            rows = (
+                await session.execute(
+                    select(table.open_price, table.high_price, table.low_price, table.close_price, table.volume)
+                    .where(table.exchange == exchange, table.symbol == symbol, table.timeframe == timeframe)
+                    .order_by(table.open_time)
+                )
+            ).all()
+        return ReplaySource(
+            instrument,
+            [RecordedCandle(*row) for row in rows],
+            start_time=start,
+            step_seconds=self.settings.market_step_seconds,
+        )
 
     # --- the leader's step ---------------------------------------------------------------------------------
 
