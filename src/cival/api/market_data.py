@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import AwareDatetime
 
 from cival.api.deps import CurrentUser, Registry
@@ -48,7 +48,7 @@ async def order_book(
     return await market.order_book(exchange, symbol, depth)
 
 
-@router.get("/api/v1/market-data/candles")
+@router.get("/api/v1/market-data/candles", response_model=CandlePage)
 async def candles(
     market: Market,
     exchange: Exchange,
@@ -57,9 +57,12 @@ async def candles(
     start: Annotated[AwareDatetime | None, Query(description="From this open time on (ISO 8601, with zone)")] = None,
     end: Annotated[AwareDatetime | None, Query(description="Up to this open time (ISO 8601, with zone)")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_CANDLES)] = 500,
-) -> CandlePage:
+) -> Response:
     """OHLCV candles, oldest first: from `start` on, or the newest `limit` up to `end`."""
-    return await market.candles(exchange, symbol, timeframe, start=start, end=end, limit=limit)
+    page = await market.candles(exchange, symbol, timeframe, start=start, end=end, limit=limit)
+    # Rendered straight from the rows (the declared response_model documents the shape): a 10,000-candle page
+    # through pydantic and FastAPI's own encoding costs several times the query.
+    return Response(page.to_json(), media_type="application/json")
 
 
 @router.get("/api/v1/exchanges/status")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from decimal import Decimal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -69,3 +73,52 @@ class ExchangeStatusOut(Output):
     response_time_ms: int | None
     error_message: str | None
     updated_at: datetime
+
+
+def _ts(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _amount(value: Decimal | None) -> str | None:
+    return None if value is None else format(value, "f")
+
+
+@dataclass(frozen=True)
+class CandleRows:
+    """A page of candles straight from the database, rendered to the `CandlePage` JSON without building models.
+
+    A page can hold 10,000 candles; pydantic models per candle cost more than the query itself. Values arrive from
+    the database already typed and at the column's 8 decimals, so rendering is formatting only.
+    """
+
+    exchange: str
+    symbol: str
+    timeframe: str
+    rows: Sequence[Sequence[Any]]  # open_time, close_time, open, high, low, close, volume, quote_volume, trades_count
+    next_start: datetime | None
+    prev_end: datetime | None
+
+    def to_json(self) -> bytes:
+        candles = [
+            {
+                "open_time": _ts(open_time),
+                "close_time": _ts(close_time),
+                "open": _amount(o),
+                "high": _amount(h),
+                "low": _amount(low),
+                "close": _amount(c),
+                "volume": _amount(v),
+                "quote_volume": _amount(qv),
+                "trades_count": n,
+            }
+            for open_time, close_time, o, h, low, c, v, qv, n in self.rows
+        ]
+        page = {
+            "exchange": self.exchange,
+            "symbol": self.symbol,
+            "timeframe": self.timeframe,
+            "candles": candles,
+            "next_start": None if self.next_start is None else _ts(self.next_start),
+            "prev_end": None if self.prev_end is None else _ts(self.prev_end),
+        }
+        return json.dumps(page, separators=(",", ":")).encode()

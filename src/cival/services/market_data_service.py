@@ -18,12 +18,13 @@ import json
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 
 from cival.config import Settings
 from cival.connectors.base import MarketDataSource, SourceUnavailable
@@ -39,7 +40,7 @@ from cival.domain.candles import TIMEFRAMES, Candle, CandleBuilder, aggregate_ca
 from cival.domain.instruments import DEFAULT_PAPER_PAIRS, DEFAULT_START_PRICES, DEFAULT_VOLATILITIES, Instrument
 from cival.domain.order_book import OrderBookL2
 from cival.domain.simulated_market import BookEvent, TradeEvent
-from cival.models.market_models import CandleOut, CandlePage, OrderBookOut, TickerOut
+from cival.models.market_models import CandleOut, CandleRows, OrderBookOut, TickerOut
 
 log = get_logger(__name__)
 
@@ -174,6 +175,8 @@ class MarketDataService:
         # Latest books and tickers vanish if no leader refreshes them: stale prices are worse than none.
         self._latest_ttl = max(30.0, 10 * settings.market_step_seconds)
         self.publish: Any = None  # set by the registry: async (channel, data) -> None
+        # Called on the leader after each source's step with (exchange, events): the paper exchange matches on them.
+        self.listeners: list[Callable[[str, list[Any]], Awaitable[None]]] = []
 
     # --- life cycle ------------------------------------------------------------------------------------
 
@@ -343,6 +346,11 @@ class MarketDataService:
                 continue
             elapsed_ms = int((time.perf_counter() - started) * 1000)
             await self._process(source, events, elapsed_ms)
+            for listener in self.listeners:
+                try:
+                    await listener(source.exchange, events)
+                except Exception:
+                    log.exception("market data listener failed", exchange=source.exchange)
 
     async def _process(self, source: MarketDataSource, events: list[Any], elapsed_ms: int) -> None:
         exchange = source.exchange
@@ -659,7 +667,7 @@ class MarketDataService:
         start: datetime | None,
         end: datetime | None,
         limit: int,
-    ) -> CandlePage:
+    ) -> CandleRows:
         """Candles oldest first: from `start` forwards, or the newest `limit` up to `end` (default now)."""
         await self.known_pair(exchange, symbol)
         if timeframe not in TIMEFRAMES:
@@ -667,67 +675,50 @@ class MarketDataService:
         if start is not None and end is not None and start > end:
             raise InvalidRange(f"start {start.isoformat()} is after end {end.isoformat()}")
         table = MarketDataOHLCV
-        query = select(table).where(table.exchange == exchange, table.symbol == symbol, table.timeframe == timeframe)
+        series = (table.exchange == exchange, table.symbol == symbol, table.timeframe == timeframe)
+        # Columns, not ORM entities: a page can be 10,000 rows, and identity-mapped objects cost 4x as much.
+        query = select(
+            table.open_time,
+            table.close_time,
+            table.open_price,
+            table.high_price,
+            table.low_price,
+            table.close_price,
+            table.volume,
+            table.quote_volume,
+            table.trades_count,
+        ).where(*series)
         if end is not None:
             query = query.where(table.open_time <= end)
         async with self.database.system_session(read_only=True) as session:
             if start is not None:
                 rows = list(
                     (
-                        await session.scalars(
+                        await session.execute(
                             query.where(table.open_time >= start).order_by(table.open_time).limit(limit + 1)
                         )
                     ).all()
                 )
                 more_after = len(rows) > limit
                 rows = rows[:limit]
-                older = await session.scalar(
-                    select(func.count())
-                    .select_from(table)
-                    .where(
-                        table.exchange == exchange,
-                        table.symbol == symbol,
-                        table.timeframe == timeframe,
-                        table.open_time < start,
-                    )
-                    .limit(1)
-                )
-                more_before = bool(older)
+                more_before = (
+                    await session.scalar(select(table.id).where(*series, table.open_time < start).limit(1))
+                ) is not None
             else:
-                rows = list((await session.scalars(query.order_by(table.open_time.desc()).limit(limit + 1))).all())
+                rows = list((await session.execute(query.order_by(table.open_time.desc()).limit(limit + 1))).all())
                 more_before = len(rows) > limit
                 rows = rows[:limit][::-1]
-                more_after = end is not None and bool(
-                    await session.scalar(
-                        select(table.id)
-                        .where(
-                            table.exchange == exchange,
-                            table.symbol == symbol,
-                            table.timeframe == timeframe,
-                            table.open_time > end,
-                        )
-                        .limit(1)
-                    )
+                more_after = (
+                    end is not None
+                    and (await session.scalar(select(table.id).where(*series, table.open_time > end).limit(1)))
+                    is not None
                 )
         step = timedelta(microseconds=1)
-        return CandlePage(
+        return CandleRows(
             exchange=exchange,
             symbol=symbol,
             timeframe=timeframe,
-            candles=[
-                CandleOut(
-                    open_time=r.open_time,
-                    close_time=r.close_time,
-                    open=r.open_price,
-                    high=r.high_price,
-                    low=r.low_price,
-                    close=r.close_price,
-                    volume=r.volume,
-                    quote_volume=r.quote_volume,
-                    trades_count=r.trades_count,
-                )
-                for r in rows
-            ],
+            rows=rows,
             next_start=rows[-1].close_time + step if more_after and rows else None,
             prev_end=rows[0].open_time - step if more_before and rows else None,
         )
