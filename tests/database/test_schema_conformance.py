@@ -152,8 +152,16 @@ EXPECTED: dict[str, dict[str, Any]] = {
             "exchange": ("varchar(50)", NOT_NULL, None),
             "created_at": STAMP,
             "updated_at": STAMP,
+            # Beyond the spec (migration 0004, docs/decisions.md D18/D19): idempotent placement and what the
+            # paper exchange needs to rebuild its book after a restart.
+            "client_order_id": ("varchar(64)", NULL, None),
+            "post_only": ("bool", NOT_NULL, "false"),
+            "triggered_at": ("timestamptz", NULL, None),
+            "reject_reason": ("varchar(255)", NULL, None),
+            "reserved": ("decimal(20,8)", NOT_NULL, "0"),
         },
-        "unique": {},
+        # Beyond the spec (migration 0004, D18): one order per user and client order id.
+        "unique": {("client_order_id", "user_id"): "idx_orders_user_client_order_id"},
         "foreign_keys": {
             "user_id": ("users", "CASCADE"),
             "account_id": ("trading_accounts", "NO ACTION"),
@@ -179,7 +187,8 @@ EXPECTED: dict[str, dict[str, Any]] = {
             "executed_at": ("timestamptz", NOT_NULL, None),
             "created_at": STAMP,
         },
-        "unique": {},
+        # Beyond the spec (migration 0004, D18): a fill is stored once per venue trade id.
+        "unique": {("exchange", "external_trade_id"): "idx_trades_exchange_external_trade_id"},
         "foreign_keys": {
             "order_id": ("orders", "NO ACTION"),
             "user_id": ("users", "CASCADE"),

@@ -91,6 +91,20 @@ async def _a_account(world: World) -> str:
     return await _created(await world.a.post("/api/v1/accounts", json=body))
 
 
+async def _a_order(world: World) -> str:
+    # A resting limit buy far below any market price: it works (pending) and stays cancelable.
+    account = await world.id_for("account_id")
+    body = {
+        "account_id": account,
+        "symbol": "BTC/USDT",
+        "side": "buy",
+        "type": "limit",
+        "quantity": "0.001",
+        "price": "10000",
+    }
+    return await _created(await world.a.post("/api/v1/orders", json=body))
+
+
 async def _a_session(world: World) -> str:
     response = await world.a.get("/api/v1/auth/sessions")
     assert response.status_code == 200, response.text
@@ -105,6 +119,7 @@ async def _a_user(world: World) -> str:
 FACTORIES: dict[str, Callable[[World], Awaitable[str]]] = {
     "credential_id": _a_credential,
     "account_id": _a_account,
+    "order_id": _a_order,
     "session_id": _a_session,
     "user_id": _a_user,
 }

@@ -9,9 +9,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from datetime import timedelta
+from decimal import Decimal
 
 from cival import __version__
 from cival.config import Settings
+from cival.connectors.paper import PaperExchange
 from cival.core.cache import Cache, create_cache
 from cival.core.db import Database, check_reachable, redact_url
 from cival.core.exceptions import ServiceUnavailable, StartupError
@@ -19,11 +21,15 @@ from cival.core.logging import DatabaseLogSink, get_logger
 from cival.core.metrics import Metrics
 from cival.core.security import CredentialCipher, KeyRing, KeyRingError, Passwords
 from cival.database import migrate
+from cival.domain.portfolio import USD_STABLECOINS
 from cival.services.account_service import AccountService
 from cival.services.auth_service import AuthService
 from cival.services.credential_service import CredentialService
 from cival.services.market_data_service import MarketDataService
+from cival.services.order_management import OrderManagementService
+from cival.services.portfolio_tracker import PortfolioTracker
 from cival.services.rate_limiter import RateLimiter
+from cival.services.risk_manager import RiskGate
 from cival.services.websocket_manager import WebSocketManager, make_resolver, publish_public
 
 log = get_logger(__name__)
@@ -87,6 +93,9 @@ class ServiceRegistry:
     accounts: AccountService
     market_data: MarketDataService
     websockets: WebSocketManager
+    paper: PaperExchange
+    orders: OrderManagementService
+    portfolio: PortfolioTracker
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -124,6 +133,27 @@ class ServiceRegistry:
 
         self.market_data = MarketDataService(self.database, self.cache, s)
         self.market_data.publish = functools.partial(publish_public, self.cache)
+
+        # The paper exchange matches on the leader's market steps; its books are rebuilt from the database first.
+        market = self.market_data
+        self.paper = PaperExchange(
+            market.instruments.values(), book_source=lambda symbol: market.latest_book("paper", symbol)
+        )
+        self.orders = OrderManagementService(
+            self.database,
+            self.cache,
+            market.instrument,
+            self.paper,
+            RiskGate(),
+            self.usd_prices,
+            s.paper_starting_balances,
+        )
+        self.portfolio = PortfolioTracker(self.database, self.usd_prices, s.paper_starting_balances)
+        restored = await self.orders.reconcile()
+        if restored:
+            log.info("paper orders restored", count=restored)
+        market.listeners.append(self.paper.on_market)
+
         await self.market_data.start()
         self._started.append("market_data")
 
@@ -131,6 +161,15 @@ class ServiceRegistry:
             self.cache, self.auth.authenticate, make_resolver(self.market_data.validate_public_channel)
         )
         self._started.append("websockets")
+
+    async def usd_prices(self) -> dict[str, Decimal]:
+        """USD price per asset from the latest paper tickers (quoted in USDT, valued at 1 USD)."""
+        prices: dict[str, Decimal] = {}
+        for ticker in await self.market_data.tickers("paper"):
+            base, _, quote = ticker.symbol.partition("/")
+            if quote in USD_STABLECOINS and ticker.price is not None:
+                prices[base] = ticker.price
+        return prices
 
     async def close(self) -> None:
         """Close what was started, newest first; one failing close does not stop the others."""

@@ -148,7 +148,11 @@ class TradingPair(Base):
 
 class Order(Base):
     __tablename__ = "orders"
-    __table_args__ = (Index("idx_orders_user_status", "user_id", "status"),)
+    __table_args__ = (
+        Index("idx_orders_user_status", "user_id", "status"),
+        # Beyond the spec (0004, D18): one order per client id and user, so a retried placement finds it.
+        Index("idx_orders_user_client_order_id", "user_id", "client_order_id", unique=True),
+    )
 
     id: Mapped[uuid.UUID] = _id()
     user_id: Mapped[uuid.UUID] = _owner()
@@ -168,6 +172,12 @@ class Order(Base):
     exchange: Mapped[str] = mapped_column(String(50), nullable=False)
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = _updated_at()
+    # Beyond the spec (0004, D18/D19).
+    client_order_id: Mapped[str | None] = mapped_column(String(64))
+    post_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sql_false())
+    triggered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reject_reason: Mapped[str | None] = mapped_column(String(255))
+    reserved: Mapped[Decimal] = _zero()
 
 
 Index("idx_orders_symbol_created", Order.symbol, Order.created_at.desc())
@@ -175,6 +185,8 @@ Index("idx_orders_symbol_created", Order.symbol, Order.created_at.desc())
 
 class Trade(Base):
     __tablename__ = "trades"
+    # Beyond the spec (0004, D18): a venue's fill is stored once, so it is never applied twice.
+    __table_args__ = (Index("idx_trades_exchange_external_trade_id", "exchange", "external_trade_id", unique=True),)
 
     id: Mapped[uuid.UUID] = _id()
     order_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("orders.id"))

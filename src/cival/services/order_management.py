@@ -1,0 +1,523 @@
+"""Order lifecycle: validate, reserve, store, send, and apply the venue's events (the spec's order_management).
+
+Placement: the body is checked against the pair (domain validation, nothing written on failure), passes the risk
+gate, and the order is stored `pending` with its funds reserved in ONE committed transaction BEFORE it is sent to
+the connector. The connector's events then go through the state machine in a second transaction: fills become
+trades (unique per exchange and trade id, so never applied twice), then the order's totals, balances, position and
+today's snapshot change together (`sync_portfolio_data`), and one user message per change is published. A send
+that times out leaves the order `unknown` (never `rejected`); restart reconciliation settles it.
+
+Idempotency (D18): `client_order_id` is unique per user; an `Idempotency-Key` becomes the client order id when
+none is given, so concurrent identical requests race on the unique index and exactly one order is created.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import ROUND_CEILING, Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cival.connectors.paper import ConnectorTimeout, PaperExchange
+from cival.core.cache import Cache
+from cival.core.db import Database
+from cival.core.exceptions import Conflict, NotFound, ValidationFailed
+from cival.core.logging import get_logger
+from cival.database.models import Order, Trade, TradingAccount
+from cival.domain import portfolio as pf
+from cival.domain.instruments import Instrument
+from cival.domain.matching import Cancelled, Event, Filled, OpenOrder, OrderRequest, Rejected, Triggered
+from cival.domain.orders import (
+    TERMINAL_STATUSES,
+    CancelReason,
+    OrderRejected,
+    OrderSide,
+    OrderStatus,
+    OrderType,
+    TimeInForce,
+    quantize_stored,
+    transition,
+    validate_order,
+)
+from cival.models.trading_models import OrderIn, OrderOut, OrderPage, TradeOut, TradePage
+from cival.services.auth_service import Principal
+from cival.services.portfolio_tracker import apply_fill, record_snapshot, release, reserve
+from cival.services.risk_manager import RiskGate
+from cival.services.websocket_manager import publish_user
+
+log = get_logger(__name__)
+
+STOP_BUY_SLIPPAGE = Decimal("0.05")
+"""A stop (market) buy reserves at its stop price plus this much: its fill price is not known before the trigger."""
+
+
+class OrderInvalid(ValidationFailed):
+    """A domain reject code; `code` is set per instance."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code  # type: ignore[misc]
+
+
+class IdempotencyKeyReused(ValidationFailed):
+    code = "idempotency_key_reused"
+
+
+class AccountInactive(ValidationFailed):
+    code = "account_inactive"
+
+
+class InsufficientFundsError(ValidationFailed):
+    code = "insufficient_funds"
+
+
+class NoMarketPrice(ValidationFailed):
+    code = "no_market_data"
+
+
+class OrderNotCancelable(Conflict):
+    code = "order_not_cancelable"
+
+
+class OrderNotFound(NotFound):
+    code = "not_found"
+
+
+_COMPARED = ("account_id", "symbol", "side", "type", "quantity", "price", "stop_price", "time_in_force", "post_only")
+
+
+@dataclass
+class _Changes:
+    orders: dict[uuid.UUID, Order] = field(default_factory=dict)
+    trades: list[Trade] = field(default_factory=list)
+    positions: list[Any] = field(default_factory=list)
+    balances: list[Any] = field(default_factory=list)
+    users: set[uuid.UUID] = field(default_factory=set)
+
+
+class OrderManagementService:
+    def __init__(
+        self,
+        database: Database,
+        cache: Cache,
+        instruments: Callable[[str, str], Instrument],
+        paper: PaperExchange,
+        risk: RiskGate,
+        prices: Callable[[], Awaitable[dict[str, Decimal]]],
+        starting_balances: dict[str, Decimal],
+    ) -> None:
+        self.database = database
+        self.cache = cache
+        self.instrument = instruments
+        self.paper = paper
+        self.risk = risk
+        self.prices = prices
+        self.starting_balances = starting_balances
+        paper.sink = self.apply_events
+
+    # --- placing ---------------------------------------------------------------------------------------------
+
+    async def place_order(self, principal: Principal, body: OrderIn, idempotency_key: str | None) -> OrderOut:
+        user_id = principal.user_id
+        client_order_id = body.client_order_id or (f"idem:{idempotency_key[:59]}" if idempotency_key else None)
+        tif = body.time_in_force or ("IOC" if body.type == "market" else "GTC")
+        if client_order_id is not None:
+            existing = await self._by_client_id(user_id, client_order_id)
+            if existing is not None:
+                return self._same_or_refuse(existing, body, tif)
+        async with self.database.session(user_id, read_only=True) as session:
+            account = await session.scalar(
+                select(TradingAccount).where(TradingAccount.id == body.account_id, TradingAccount.user_id == user_id)
+            )
+        if account is None:
+            raise NotFound(f"account {body.account_id} not found")
+        if not account.is_active:
+            raise AccountInactive(f"account {account.id} is deactivated: reactivate it to trade")
+        instrument = self.instrument(account.exchange, body.symbol)
+        book = await self._book(instrument)
+        is_buy = body.side == "buy"
+        reference = None
+        if book is not None:
+            levels = book.asks if is_buy else book.bids
+            reference = levels[0].price if levels else None
+        try:
+            validate_order(
+                instrument,
+                OrderSide(body.side),
+                OrderType(body.type),
+                body.quantity,
+                body.price,
+                body.stop_price,
+                TimeInForce(tif),
+                body.post_only,
+                reference_price=reference,
+            )
+        except OrderRejected as exc:
+            raise OrderInvalid(str(exc.code), exc.detail) from exc
+        order = Order(
+            id=uuid.uuid4(),
+            user_id=user_id,
+            account_id=account.id,
+            client_order_id=client_order_id,
+            symbol=instrument.symbol,
+            side=body.side,
+            type=body.type,
+            quantity=body.quantity,
+            price=body.price,
+            stop_price=body.stop_price,
+            time_in_force=tif,
+            post_only=body.post_only,
+            status=OrderStatus.PENDING.value,
+            filled_quantity=Decimal(0),
+            fees=Decimal(0),
+            exchange=account.exchange,
+        )
+        await self.risk.check(order)
+        asset, amount = self._reservation(order, instrument, book)
+        try:
+            async with self.database.session(user_id) as session:
+                session.add(order)
+                await session.flush()
+                await reserve(session, order, asset, amount)
+        except IntegrityError:
+            if client_order_id is None:
+                raise
+            existing = await self._by_client_id(user_id, client_order_id)
+            if existing is None:
+                raise
+            return self._same_or_refuse(existing, body, tif)
+        except pf.InsufficientFunds as exc:
+            raise InsufficientFundsError(
+                f"this order needs {amount} {asset} and the account has less free: {exc}"
+            ) from exc
+        # The order is stored and acknowledged: now, and only now, it goes to the venue.
+        await self._send(order, instrument)
+        return await self.get_order(principal, order.id)
+
+    def _same_or_refuse(self, existing: Order, body: OrderIn, tif: str) -> OrderOut:
+        wanted = body.model_dump() | {"time_in_force": tif, "symbol": body.symbol}
+        for name in _COMPARED:
+            if getattr(existing, name) != wanted[name]:
+                raise IdempotencyKeyReused(
+                    f"client order id / Idempotency-Key {existing.client_order_id!r} was used for a different order "
+                    f"({name} differs): use a new key for a new order"
+                )
+        return OrderOut.model_validate(existing)
+
+    async def _by_client_id(self, user_id: uuid.UUID, client_order_id: str) -> Order | None:
+        async with self.database.session(user_id, read_only=True) as session:
+            return await session.scalar(
+                select(Order).where(Order.user_id == user_id, Order.client_order_id == client_order_id)
+            )
+
+    async def _book(self, instrument: Instrument) -> Any:
+        engine = self.paper.engines.get(instrument.symbol)
+        if self.paper.book_source is not None:
+            latest = await self.paper.book_source(instrument.symbol)
+            if latest is not None:
+                return latest
+        return engine.book if engine is not None else None
+
+    def _reservation(self, order: Order, instrument: Instrument, book: Any) -> tuple[str, Decimal]:
+        maker, taker = self.paper.fee_rates.get(instrument.symbol, (Decimal(0), Decimal(0)))
+        rate = max(maker, taker)
+        if order.side == "sell":
+            return instrument.base_asset, order.quantity
+        if order.type in ("limit", "stop_limit"):
+            bound = order.price
+        elif order.type == "market":
+            if book is None or not book.asks:
+                raise NoMarketPrice(f"no order book for {order.symbol} yet: a market order cannot be priced")
+            bound = book.asks[-1].price  # no fill of this order can be worse than the deepest ask of the book
+        else:
+            if order.stop_price is None:
+                raise ValueError(f"stop order {order.id} has no stop price")
+            raw = order.stop_price * (1 + STOP_BUY_SLIPPAGE)
+            bound = (raw / instrument.tick_size).to_integral_value(ROUND_CEILING) * instrument.tick_size
+        _, amount = pf.required_reservation("buy", order.type, order.quantity, bound, rate)  # type: ignore[arg-type]
+        return instrument.quote_asset, amount
+
+    async def _send(self, order: Order, instrument: Instrument) -> None:
+        request = OrderRequest(
+            order_id=str(order.id),
+            side=OrderSide(order.side),
+            type=OrderType(order.type),
+            quantity=order.quantity,
+            time_in_force=TimeInForce(order.time_in_force),
+            ts=order.created_at if order.created_at.tzinfo else datetime.now(UTC),
+            price=order.price,
+            stop_price=order.stop_price,
+            post_only=order.post_only,
+        )
+        async with self.paper.lock:
+            try:
+                events = await self.paper.submit(instrument.symbol, request)
+            except (TimeoutError, ConnectorTimeout, ConnectionError) as exc:
+                # The venue may or may not hold the order: unknown, never rejected (reconciliation decides).
+                log.warning("order send timed out; outcome unknown", order_id=str(order.id), error=str(exc))
+                await self._mark_unknown(order.id)
+                return
+            await self.apply_events(events)
+
+    async def _mark_unknown(self, order_id: uuid.UUID) -> None:
+        changes = _Changes()
+        async with self.database.system_session() as session:
+            row = await session.get(Order, order_id, with_for_update=True)
+            if row is not None:
+                row.status = transition(OrderStatus(row.status), OrderStatus.UNKNOWN).value
+                changes.orders[row.id] = row
+        await self._publish(changes)
+
+    # --- applying the venue's events -------------------------------------------------------------------------
+
+    async def apply_events(self, events: list[Event]) -> None:
+        """Store the connector's events in one transaction, then publish what changed."""
+        if not events:
+            return
+        changes = _Changes()
+        prices = await self.prices()
+        async with self.database.system_session() as session:
+            for event in events:
+                await self._apply(session, event, changes)
+            for user_id in changes.users:
+                await record_snapshot(session, user_id, prices, self.starting_balances)
+        await self._publish(changes)
+
+    async def _apply(self, session: AsyncSession, event: Event, changes: _Changes) -> None:
+        order_id = uuid.UUID(event.order_id)
+        order = changes.orders.get(order_id) or await session.get(Order, order_id, with_for_update=True)
+        if order is None:
+            log.error("event for an unknown order", order_id=event.order_id, kind=type(event).__name__)
+            return
+        instrument = self.instrument(order.exchange, order.symbol)
+        status = OrderStatus(order.status)
+        if isinstance(event, Filled):
+            fill = event.fill
+            duplicate = await session.scalar(
+                select(Trade.id).where(Trade.exchange == order.exchange, Trade.external_trade_id == fill.trade_id)
+            )
+            if duplicate is not None:
+                return
+            new_status = transition(
+                status,
+                OrderStatus.FILLED if order.filled_quantity + fill.quantity == order.quantity else OrderStatus.PARTIAL,
+            )
+            if order.filled_quantity + fill.quantity > order.quantity:
+                raise ValueError(f"fill {fill.trade_id} would overfill order {order.id}")
+            trade = Trade(
+                id=uuid.uuid4(),
+                order_id=order.id,
+                user_id=order.user_id,
+                external_trade_id=fill.trade_id,
+                symbol=order.symbol,
+                side=order.side,
+                quantity=fill.quantity,
+                price=fill.price,
+                fees=fill.fee,
+                exchange=order.exchange,
+                executed_at=fill.ts,
+            )
+            session.add(trade)
+            # Exact average from the stored fills: the stored average is rounded and must not carry its rounding on.
+            rows = (await session.execute(select(Trade.quantity, Trade.price).where(Trade.order_id == order.id))).all()
+            notional = sum((q * p for q, p in rows), Decimal(0))
+            order.filled_quantity += fill.quantity
+            order.average_price = quantize_stored(notional / order.filled_quantity)
+            order.fees += fill.fee
+            order.status = new_status.value
+            position, balances = await apply_fill(
+                session, order, instrument, trade, is_complete=new_status is OrderStatus.FILLED
+            )
+            changes.trades.append(trade)
+            changes.positions.append(position)
+            changes.balances += balances
+        elif isinstance(event, Cancelled | Rejected):
+            target = OrderStatus.CANCELLED if isinstance(event, Cancelled) else OrderStatus.REJECTED
+            order.status = transition(status, target).value
+            if isinstance(event, Rejected):
+                order.reject_reason = f"{event.reason}: {event.detail}"[:255]
+            balance = await release(session, order, instrument)
+            if balance is not None:
+                changes.balances.append(balance)
+        elif isinstance(event, Triggered):
+            if order.type == OrderType.STOP_LIMIT.value:
+                order.triggered_at = event.ts
+        else:  # Rested: the order works; nothing changes in storage
+            return
+        order.updated_at = datetime.now(UTC)
+        changes.orders[order.id] = order
+        changes.users.add(order.user_id)
+
+    async def _publish(self, changes: _Changes) -> None:
+        try:
+            for order in changes.orders.values():
+                await publish_user(
+                    self.cache, order.user_id, "orders", OrderOut.model_validate(order).model_dump(mode="json")
+                )
+            for trade in changes.trades:
+                await publish_user(
+                    self.cache, trade.user_id, "trades", TradeOut.model_validate(trade).model_dump(mode="json")
+                )
+            for position in {id(p): p for p in changes.positions}.values():
+                data = {
+                    "account_id": str(position.account_id),
+                    "symbol": position.symbol,
+                    "size": format(position.size, "f"),
+                    "average_price": format(position.average_price, "f"),
+                }
+                await publish_user(self.cache, position.user_id, "positions", data)
+            for balance in {id(b): b for b in changes.balances}.values():
+                data = {
+                    "account_id": str(balance.account_id),
+                    "asset": balance.asset,
+                    "free": format(balance.free, "f"),
+                    "locked": format(balance.locked, "f"),
+                    "total": format(balance.total, "f"),
+                }
+                await publish_user(self.cache, balance.user_id, "balances", data)
+            for user_id in changes.users:
+                await publish_user(self.cache, user_id, "portfolio", {"changed": True})
+        except Exception:  # a live update is best effort: the database already holds the truth
+            log.exception("publishing order updates failed")
+
+    # --- cancelling ------------------------------------------------------------------------------------------
+
+    async def cancel_order(self, principal: Principal, order_id: uuid.UUID) -> OrderOut:
+        order = await self._own(principal.user_id, order_id)
+        if OrderStatus(order.status) in TERMINAL_STATUSES:
+            raise OrderNotCancelable(f"order {order_id} is {order.status}: only a working order can be cancelled")
+        async with self.paper.lock:
+            if self.paper.is_working(order.symbol, str(order.id)):
+                events = await self.paper.cancel(order.symbol, str(order.id))
+            else:
+                # Not on the venue (never sent, or lost with a restart): nothing can fill it any more.
+                events = [Cancelled(str(order.id), CancelReason.REQUESTED)]
+            await self.apply_events(events)
+        return await self.get_order(principal, order_id)
+
+    async def cancel_all(self, principal: Principal, symbol: str | None) -> list[OrderOut]:
+        async with self.database.session(principal.user_id, read_only=True) as session:
+            query = select(Order.id).where(
+                Order.user_id == principal.user_id,
+                Order.status.in_([s.value for s in OrderStatus if s not in TERMINAL_STATUSES]),
+            )
+            if symbol is not None:
+                query = query.where(Order.symbol == symbol)
+            ids = list((await session.scalars(query.order_by(Order.created_at))).all())
+        out = []
+        for order_id in ids:
+            try:
+                out.append(await self.cancel_order(principal, order_id))
+            except OrderNotCancelable:  # filled meanwhile
+                continue
+        return out
+
+    # --- reads -----------------------------------------------------------------------------------------------
+
+    async def _own(self, user_id: uuid.UUID, order_id: uuid.UUID) -> Order:
+        async with self.database.session(user_id, read_only=True) as session:
+            order = await session.scalar(select(Order).where(Order.id == order_id, Order.user_id == user_id))
+        if order is None:
+            raise OrderNotFound(f"order {order_id} not found")
+        return order
+
+    async def get_order(self, principal: Principal, order_id: uuid.UUID) -> OrderOut:
+        return OrderOut.model_validate(await self._own(principal.user_id, order_id))
+
+    async def list_orders(
+        self, principal: Principal, *, status: str | None, symbol: str | None, limit: int, offset: int
+    ) -> OrderPage:
+        user_id = principal.user_id
+        where = [Order.user_id == user_id]
+        if status is not None:
+            where.append(Order.status == status)
+        if symbol is not None:
+            where.append(Order.symbol == symbol)
+        async with self.database.session(user_id, read_only=True) as session:
+            total = await session.scalar(select(func.count()).select_from(Order).where(*where)) or 0
+            rows = (
+                await session.scalars(
+                    select(Order).where(*where).order_by(Order.created_at.desc(), Order.id).limit(limit).offset(offset)
+                )
+            ).all()
+        return OrderPage(items=[OrderOut.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
+
+    async def list_trades(
+        self, principal: Principal, *, symbol: str | None, order_id: uuid.UUID | None, limit: int, offset: int
+    ) -> TradePage:
+        user_id = principal.user_id
+        where = [Trade.user_id == user_id]
+        if symbol is not None:
+            where.append(Trade.symbol == symbol)
+        if order_id is not None:
+            where.append(Trade.order_id == order_id)
+        async with self.database.session(user_id, read_only=True) as session:
+            total = await session.scalar(select(func.count()).select_from(Trade).where(*where)) or 0
+            rows = (
+                await session.scalars(
+                    select(Trade)
+                    .where(*where)
+                    .order_by(Trade.executed_at.desc(), Trade.external_trade_id.desc())
+                    .limit(limit)
+                    .offset(offset)
+                )
+            ).all()
+        return TradePage(items=[TradeOut.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
+
+    # --- restart safety --------------------------------------------------------------------------------------
+
+    async def reconcile(self) -> int:
+        """Rebuild the paper books from the database; settle paper orders that cannot be working any more.
+
+        Resting limits, waiting stops and triggered stop-limits go back on their engine (with what they filled).
+        A paper order that cannot rest (a market/IOC/FOK order stored but never answered: the process died between
+        commit and send, or the send timed out) is cancelled and its reservation released: the in-process venue
+        that could have filled it is gone, and nothing was stored of a fill.
+        """
+        async with self.database.system_session(read_only=True) as session:
+            rows = (
+                await session.scalars(
+                    select(Order)
+                    .where(
+                        Order.exchange == "paper",
+                        Order.status.in_(
+                            [OrderStatus.PENDING.value, OrderStatus.PARTIAL.value, OrderStatus.UNKNOWN.value]
+                        ),
+                    )
+                    .order_by(Order.created_at, Order.id)
+                )
+            ).all()
+        restorable: dict[str, list[OpenOrder]] = {}
+        orphans: list[Event] = []
+        for row in rows:
+            rests = (
+                (row.type == "limit" and row.time_in_force == "GTC")
+                or row.type == "stop"
+                or (row.type == "stop_limit" and (row.triggered_at is None or row.time_in_force == "GTC"))
+            )
+            if not rests or row.symbol not in self.paper.engines:
+                orphans.append(Cancelled(str(row.id), CancelReason.REQUESTED))
+                continue
+            request = OrderRequest(
+                order_id=str(row.id),
+                side=OrderSide(row.side),
+                type=OrderType(row.type),
+                quantity=row.quantity,
+                time_in_force=TimeInForce(row.time_in_force),
+                ts=row.created_at,
+                price=row.price,
+                stop_price=row.stop_price,
+                post_only=row.post_only,
+            )
+            restorable.setdefault(row.symbol, []).append(OpenOrder(request, row.filled_quantity, row.triggered_at))
+        async with self.paper.lock:
+            for symbol, orders in restorable.items():
+                self.paper.restore(symbol, orders)
+            await self.apply_events(orphans)
+        return sum(len(o) for o in restorable.values())

@@ -1,0 +1,306 @@
+"""Positions, balances and the daily snapshot: updated by each fill, read by the portfolio endpoints.
+
+The write side (`apply_fill`, `release`, `reserve`, `record_snapshot`) runs inside the caller's transaction, so an
+order, its trade, its position and its balances change together or not at all (the spec's `sync_portfolio_data`).
+Money arithmetic is `domain.portfolio`'s; this module loads and stores rows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cival.core.db import Database
+from cival.database.models import Balance, Order, PortfolioSnapshot, Position, Trade, TradingAccount
+from cival.domain import portfolio as pf
+from cival.domain.instruments import Instrument
+from cival.models.trading_models import PortfolioBalanceOut, PositionOut, SnapshotOut, SummaryOut
+
+_EIGHT = Decimal("0.00000001")
+Prices = Callable[[], Awaitable[dict[str, Decimal]]]
+"""USD price per asset (from the latest tickers)."""
+
+
+def stored(value: Decimal) -> Decimal:
+    """Half-even to the 8 decimals a column holds."""
+    return value.quantize(_EIGHT, rounding=ROUND_HALF_EVEN)
+
+
+async def _balance(session: AsyncSession, account: uuid.UUID, user_id: uuid.UUID, asset: str, exchange: str) -> Balance:
+    row = await session.scalar(
+        select(Balance).where(Balance.account_id == account, Balance.asset == asset).with_for_update()
+    )
+    if row is None:
+        row = Balance(
+            id=uuid.uuid4(),
+            user_id=user_id,
+            account_id=account,
+            asset=asset,
+            free=Decimal(0),
+            locked=Decimal(0),
+            total=Decimal(0),
+            exchange=exchange,
+        )
+        session.add(row)
+    return row
+
+
+def _store(row: Balance, value: pf.Balance) -> None:
+    row.free, row.locked, row.total = value.free, value.locked, value.total
+
+
+async def reserve(session: AsyncSession, order: Order, asset: str, amount: Decimal) -> Balance:
+    """Lock `amount` of `asset` for `order`; raises `pf.InsufficientFunds`."""
+    if order.account_id is None:
+        raise ValueError(f"order {order.id} has no account")
+    row = await _balance(session, order.account_id, order.user_id, asset, order.exchange)
+    _store(row, pf.reserve(pf.Balance(asset, row.free, row.locked), amount))
+    order.reserved = amount
+    return row
+
+
+async def release(session: AsyncSession, order: Order, instrument: Instrument) -> Balance | None:
+    """Return what `order` still holds to free (on cancel, reject, or a completed fill's surplus)."""
+    if not order.reserved or order.account_id is None:
+        return None
+    asset = instrument.quote_asset if order.side == "buy" else instrument.base_asset
+    row = await _balance(session, order.account_id, order.user_id, asset, order.exchange)
+    _store(row, pf.release(pf.Balance(asset, row.free, row.locked), order.reserved))
+    order.reserved = Decimal(0)
+    return row
+
+
+async def apply_fill(
+    session: AsyncSession, order: Order, instrument: Instrument, trade: Trade, is_complete: bool
+) -> tuple[Position, list[Balance]]:
+    """Settle one fill: balances out of the order's reservation, then the position."""
+    if order.account_id is None:
+        raise ValueError(f"order {order.id} has no account")
+    base = await _balance(session, order.account_id, order.user_id, instrument.base_asset, order.exchange)
+    quote = await _balance(session, order.account_id, order.user_id, instrument.quote_asset, order.exchange)
+    reserved = order.reserved
+    if order.side == "buy":
+        cost = trade.quantity * trade.price + trade.fees
+        still = Decimal(0) if is_complete else max(Decimal(0), reserved - cost)
+        new_base, new_quote = pf.settle_buy(
+            pf.Balance(base.asset, base.free, base.locked),
+            pf.Balance(quote.asset, quote.free, quote.locked),
+            quantity=trade.quantity,
+            price=trade.price,
+            fee=trade.fees,
+            reserved=reserved,
+            still_reserved=still,
+        )
+    else:
+        still = Decimal(0) if is_complete else max(Decimal(0), reserved - trade.quantity)
+        new_base, new_quote = pf.settle_sell(
+            pf.Balance(base.asset, base.free, base.locked),
+            pf.Balance(quote.asset, quote.free, quote.locked),
+            quantity=trade.quantity,
+            price=trade.price,
+            fee=trade.fees,
+            reserved=reserved,
+            still_reserved=still,
+        )
+    _store(base, new_base)
+    _store(quote, new_quote)
+    order.reserved = still
+
+    position = await session.scalar(
+        select(Position)
+        .where(Position.account_id == order.account_id, Position.symbol == order.symbol)
+        .with_for_update()
+    )
+    if position is None:
+        position = Position(
+            id=uuid.uuid4(),
+            user_id=order.user_id,
+            account_id=order.account_id,
+            symbol=order.symbol,
+            size=Decimal(0),
+            average_price=Decimal(0),
+            exchange=order.exchange,
+        )
+        session.add(position)
+    side: pf.SideLiteral = "buy" if trade.side == "buy" else "sell"
+    moved = pf.apply_trade(
+        pf.Position(order.symbol, position.size, position.average_price, Decimal(0)),
+        side,
+        trade.quantity,
+        trade.price,
+        trade.fees,
+    )
+    position.size, position.average_price = moved.size, moved.average_price
+    position.market_value = stored(moved.size * trade.price)
+    position.unrealized_pnl = stored(pf.unrealized_pnl(moved, trade.price)) if moved.size else Decimal(0)
+    position.updated_at = datetime.now(UTC)
+    return position, [base, quote]
+
+
+async def _net_deposits(
+    session: AsyncSession, user_id: uuid.UUID, starting: dict[str, Decimal], prices: dict[str, Decimal]
+) -> Decimal:
+    accounts = (
+        await session.scalars(
+            select(TradingAccount.id).where(TradingAccount.user_id == user_id, TradingAccount.exchange == "paper")
+        )
+    ).all()
+    per_account = pf.portfolio_value(starting, prices).total_value
+    return per_account * len(accounts)
+
+
+async def record_snapshot(
+    session: AsyncSession, user_id: uuid.UUID, prices: dict[str, Decimal], starting: dict[str, Decimal]
+) -> PortfolioSnapshot:
+    """Upsert today's snapshot (one per user and day): value, PnL against deposits, PnL since yesterday's."""
+    balances = (await session.scalars(select(Balance).where(Balance.user_id == user_id))).all()
+    totals: dict[str, Decimal] = {}
+    for b in balances:
+        totals[b.asset] = totals.get(b.asset, Decimal(0)) + b.total
+    positions = (await session.scalars(select(Position).where(Position.user_id == user_id))).all()
+    deposits = await _net_deposits(session, user_id, starting, prices)
+    today = datetime.now(UTC).date()
+    previous = await session.scalar(
+        select(PortfolioSnapshot)
+        .where(PortfolioSnapshot.user_id == user_id, PortfolioSnapshot.snapshot_date < today)
+        .order_by(PortfolioSnapshot.snapshot_date.desc())
+        .limit(1)
+    )
+    snap = pf.take_snapshot(
+        positions=[pf.Position(p.symbol, p.size, p.average_price, Decimal(0)) for p in positions],
+        balances=totals,
+        prices_in_usd=prices,
+        net_deposits_total=deposits,
+        start_of_day_value=previous.total_value if previous is not None else deposits,
+        net_deposits_today=Decimal(0),
+    )
+    row = await session.scalar(
+        select(PortfolioSnapshot)
+        .where(PortfolioSnapshot.user_id == user_id, PortfolioSnapshot.snapshot_date == today)
+        .with_for_update()
+    )
+    if row is None:
+        row = PortfolioSnapshot(id=uuid.uuid4(), user_id=user_id, snapshot_date=today, total_value=Decimal(0))
+        session.add(row)
+    row.total_value = stored(snap.total_value)
+    row.total_pnl = stored(snap.total_pnl)
+    row.daily_pnl = stored(snap.daily_pnl)
+    row.positions_count = snap.positions_count
+    return row
+
+
+class PortfolioTracker:
+    """The read side: positions marked to the latest ticker, balances in USD, snapshots and a summary."""
+
+    def __init__(self, database: Database, prices: Prices, starting_balances: dict[str, Decimal]) -> None:
+        self.database = database
+        self.prices = prices
+        self.starting_balances = starting_balances
+
+    async def _marks(self) -> dict[str, Decimal]:
+        return await self.prices()
+
+    async def positions(self, user_id: uuid.UUID) -> list[PositionOut]:
+        prices = await self._marks()
+        async with self.database.session(user_id, read_only=True) as session:
+            rows = (
+                await session.scalars(
+                    select(Position).where(Position.user_id == user_id).order_by(Position.symbol, Position.account_id)
+                )
+            ).all()
+            trades = (
+                await session.scalars(
+                    select(Trade).where(Trade.user_id == user_id).order_by(Trade.executed_at, Trade.created_at)
+                )
+            ).all()
+            accounts = await session.execute(select(Order.id, Order.account_id).where(Order.user_id == user_id))
+            order_accounts = {order_id: account_id for order_id, account_id in accounts.all()}
+        out = []
+        for row in rows:
+            mine = [
+                t
+                for t in trades
+                if t.symbol == row.symbol
+                and t.order_id is not None
+                and order_accounts.get(t.order_id) == row.account_id
+            ]
+            folded = pf.fold_trades(row.symbol, mine)
+            base = row.symbol.split("/")[0]
+            mark = prices.get(base)
+            position = pf.Position(row.symbol, row.size, row.average_price, folded.realized_pnl, folded.fees_paid)
+            out.append(
+                PositionOut(
+                    account_id=row.account_id,
+                    exchange=row.exchange,
+                    symbol=row.symbol,
+                    size=row.size,
+                    average_price=row.average_price,
+                    mark_price=mark,
+                    market_value=None if mark is None else stored(pf.market_value(position, mark)),
+                    unrealized_pnl=None if mark is None else stored(pf.unrealized_pnl(position, mark)),
+                    realized_pnl=stored(folded.realized_pnl),
+                    fees_paid=folded.fees_paid,
+                )
+            )
+        return out
+
+    async def balances(self, user_id: uuid.UUID) -> list[PortfolioBalanceOut]:
+        prices = await self._marks()
+        async with self.database.session(user_id, read_only=True) as session:
+            rows = (
+                await session.scalars(
+                    select(Balance).where(Balance.user_id == user_id).order_by(Balance.account_id, Balance.asset)
+                )
+            ).all()
+        out = []
+        for b in rows:
+            value = pf.portfolio_value({b.asset: b.total}, prices)
+            out.append(
+                PortfolioBalanceOut(
+                    account_id=b.account_id,
+                    exchange=b.exchange,
+                    asset=b.asset,
+                    free=b.free,
+                    locked=b.locked,
+                    total=b.total,
+                    usd_value=None if b.asset in value.unpriced_assets else stored(value.total_value),
+                )
+            )
+        return out
+
+    async def snapshots(self, user_id: uuid.UUID, limit: int) -> list[SnapshotOut]:
+        async with self.database.session(user_id, read_only=True) as session:
+            rows = (
+                await session.scalars(
+                    select(PortfolioSnapshot)
+                    .where(PortfolioSnapshot.user_id == user_id)
+                    .order_by(PortfolioSnapshot.snapshot_date.desc())
+                    .limit(limit)
+                )
+            ).all()
+        return [SnapshotOut.model_validate(r) for r in rows]
+
+    async def summary(self, user_id: uuid.UUID) -> SummaryOut:
+        prices = await self._marks()
+        positions = await self.positions(user_id)
+        async with self.database.session(user_id, read_only=True) as session:
+            rows = (await session.scalars(select(Balance).where(Balance.user_id == user_id))).all()
+            deposits = await _net_deposits(session, user_id, self.starting_balances, prices)
+        totals: dict[str, Decimal] = {}
+        for b in rows:
+            totals[b.asset] = totals.get(b.asset, Decimal(0)) + b.total
+        valuation = pf.portfolio_value(totals, prices)
+        return SummaryOut(
+            total_value=stored(valuation.total_value),
+            total_pnl=stored(valuation.total_value - deposits),
+            realized_pnl=sum((p.realized_pnl for p in positions), Decimal(0)),
+            unrealized_pnl=sum((p.unrealized_pnl or Decimal(0) for p in positions), Decimal(0)),
+            fees_paid=sum((p.fees_paid for p in positions), Decimal(0)),
+            positions_count=sum(1 for p in positions if p.size),
+            unpriced_assets=sorted(valuation.unpriced_assets),
+        )
