@@ -46,3 +46,11 @@ def test_bad_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: s
 )
 def test_database_url_gets_its_async_driver(given: str, effective: str) -> None:
     assert Settings(database_url=given).effective_database_url == effective
+
+
+def test_amounts_in_json_settings_must_be_strings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIVAL_PAPER_STARTING_BALANCES", '{"USDT": 10000.1}')
+    with pytest.raises(SettingsError, match="CIVAL_PAPER_STARTING_BALANCES.*JSON strings"):
+        load_settings()
+    monkeypatch.setenv("CIVAL_PAPER_STARTING_BALANCES", '{"USDT": "10000.1", "BTC": 1}')
+    assert str(load_settings().paper_starting_balances["USDT"]) == "10000.1"

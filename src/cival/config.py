@@ -34,6 +34,15 @@ class PaperPair(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @field_validator(
+        "tick_size", "step_size", "min_order_size", "max_order_size", "min_notional", "start_price", mode="before"
+    )
+    @classmethod
+    def _no_float(cls, value: object) -> object:
+        if isinstance(value, float):
+            raise ValueError(f'write decimals as JSON strings to keep them exact, e.g. "{value!r}"')
+        return value
+
     symbol: str
     tick_size: Decimal
     step_size: Decimal
@@ -101,6 +110,13 @@ class Settings(BaseSettings):
         pattern=r"^[a-z0-9_-]{1,50}:[A-Z0-9]+/[A-Z0-9]+:(1m|5m|15m|1h|4h|1d)$",
         description="Replay stored candles `exchange:BASE/QUOTE:timeframe` onto the paper pair of the same symbol.",
     )
+
+    @field_validator("paper_starting_balances", mode="before")
+    @classmethod
+    def _no_float_balances(cls, value: object) -> object:
+        if isinstance(value, dict) and any(isinstance(v, float) for v in value.values()):
+            raise ValueError('write amounts as JSON strings to keep them exact, e.g. {"USDT": "10000.5"}')
+        return value
 
     @field_validator("paper_starting_balances")
     @classmethod

@@ -259,3 +259,16 @@ async def test_restart_rebuilds_the_resting_book_from_the_database(
         registry.orders.paper = old
     listed = (await user.get(ORDERS, params={"status": "pending"})).json()
     assert [o["id"] for o in listed["items"]] == [order_id]
+
+
+async def test_a_float_amount_is_refused_with_a_hint_to_send_a_string(
+    ids: Identities, registry: ServiceRegistry
+) -> None:
+    """JSON 0.1 reaches the server as a binary float; money must come as a string so it stays exact."""
+    user, account_id = await _trader(ids)
+    body = {"account_id": account_id, "symbol": "BTC/USDT", "side": "buy", "type": "limit", "price": "100"}
+    response = await user.post("/api/v1/orders", json={**body, "quantity": 0.1})
+    assert response.status_code == 422
+    assert response.json()["error"] == "validation_error"
+    assert "string" in response.json()["detail"]
+    assert await _count(registry, Order, Order.account_id == uuid.UUID(account_id)) == 0

@@ -80,10 +80,9 @@ class Database:
         if self.is_sqlite:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(self.url, pool_size=settings.database_pool_size)
-        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
-        self._readers = async_sessionmaker(
-            self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False, autoflush=False
-        )
+        # autoflush on: a query inside a transaction must see the rows that transaction added (a fill's own trade).
+        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = async_sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
 
     @property
     def dialect(self) -> str:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
-from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, StringConstraints
 
-from cival.models.common import Amount, Output, StrictInput
+from cival.models.common import Amount, DecimalIn, Output, StrictInput
 from cival.models.user_models import Exchange
 
 AccountType = Literal["spot", "margin", "futures"]
@@ -60,9 +59,9 @@ class OrderIn(StrictInput):
     symbol: Symbol
     side: Side
     type: OrderTypeName
-    quantity: Decimal
-    price: Decimal | None = None
-    stop_price: Decimal | None = None
+    quantity: DecimalIn
+    price: DecimalIn | None = None
+    stop_price: DecimalIn | None = None
     time_in_force: TimeInForceName | None = None
     post_only: bool = False
     client_order_id: ClientOrderId | None = None

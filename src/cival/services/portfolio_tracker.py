@@ -215,7 +215,7 @@ class PortfolioTracker:
             ).all()
             trades = (
                 await session.scalars(
-                    select(Trade).where(Trade.user_id == user_id).order_by(Trade.executed_at, Trade.created_at)
+                    select(Trade).where(Trade.user_id == user_id).order_by(Trade.created_at, Trade.external_trade_id)
                 )
             ).all()
             accounts = await session.execute(select(Order.id, Order.account_id).where(Order.user_id == user_id))

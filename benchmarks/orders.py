@@ -1,0 +1,553 @@
+"""End-to-end order placement through the HTTP API, beside the raw-SQL ceiling of the same writes (issue 5).
+
+1. Orders per second and p50/p99 latency of `POST /api/v1/orders`: paper MARKET orders of BTC/USDT that fill
+   (0.0002 BTC, each client alternating buy and sell on its own funded paper account, so funds never run out),
+   8 concurrent keep-alive clients, against one uvicorn worker running the real app with the simulated market on
+   (1 s step; measuring starts once `/api/v1/market-data/orderbook` answers).
+2. The ceiling, same database, same run, after the server stopped: per order ONE transaction that inserts an order
+   and a trade, upserts a position and updates two balances, issued with raw SQL (sqlite3 via aiosqlite on SQLite,
+   asyncpg on PostgreSQL) from 8 concurrent clients, each on its own account.
+3. `--gate`: orders/s with the pre-trade risk gate (`RiskGate`) configured vs a gate that is not there. The gate is
+   a no-op until the risk issue lands, so the two must agree within noise: a placeholder for that issue's figure.
+
+Targets (issue 5): at least 40% of the raw rate on PostgreSQL, p99 under 50 ms.
+
+Run: `.venv/bin/python -m benchmarks.orders [--gate] [--profile] [--sections]` from the repository root.
+PostgreSQL is measured too when `CIVAL_BENCH_DATABASE_URL=postgresql://user@host:port/any` is set (a scratch
+database is created there, migrated, and dropped afterwards). `ORDERS=... RAW=...` change the sizes. `--profile`
+runs one extra, smaller SQLite pass with cProfile inside the server child (cProfile sees the event loop thread only:
+time inside aiosqlite's worker thread shows up as waiting); `--sections` one with wall-clock timers around each
+step of the order path (awaits included, so lock waits show).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks._server import serve
+
+ORDERS = int(os.environ.get("ORDERS", "400"))
+RAW = int(os.environ.get("RAW", "4000"))
+WARMUP = 80
+CONCURRENCY = 8
+SYMBOL = "BTC/USDT"
+QUANTITY = "0.0002"
+PROFILE_ORDERS = 600
+BENCH_DB = os.environ.get("CIVAL_BENCH_DATABASE_URL", "")
+
+
+# --- the server child ---------------------------------------------------------------------------------------
+
+
+def child(port: int) -> None:
+    """The real app under uvicorn; `BENCH_NO_GATE=1` swaps the risk gate out, `BENCH_PROFILE=file` runs cProfile."""
+    import uvicorn
+
+    from cival.app import create_app
+
+    if os.environ.get("BENCH_NO_GATE") == "1":
+        from cival.core import service_registry
+
+        class NoGate:
+            async def check(self, order: object) -> None:
+                return None
+
+        service_registry.RiskGate = NoGate  # type: ignore[attr-defined,assignment]
+
+    app = create_app()
+    if os.environ.get("BENCH_SECTIONS") == "1":
+        _time_sections(app)
+    profile_to = os.environ.get("BENCH_PROFILE")
+    if not profile_to:
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        return
+    import cProfile
+
+    from fastapi import APIRouter
+
+    profiler = cProfile.Profile()
+    router = APIRouter()
+
+    @router.post("/bench/profile")
+    async def profile_control(action: str) -> dict[str, str]:
+        # uvicorn re-raises SIGTERM after shutdown, so the stats are written on request, not at exit.
+        if action == "start":
+            profiler.enable()
+        else:
+            profiler.disable()
+            profiler.dump_stats(profile_to)
+        return {"ok": action}
+
+    app.include_router(router)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+SECTIONS: dict[str, list[float]] = {}
+
+
+def _time_sections(app: Any) -> None:
+    """Wrap the order path's steps with wall-clock timers (await time included: a step that waits shows it)."""
+    import functools
+
+    from fastapi import APIRouter
+
+    from cival.core import service_registry
+    from cival.services import order_management as om
+
+    def timed(name: str, fn: Any) -> Any:
+        @functools.wraps(fn)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                SECTIONS.setdefault(name, []).append(time.perf_counter() - start)
+
+        return wrapper
+
+    cls = om.OrderManagementService
+    for name in ("place_order", "_by_client_id", "_book", "_send", "apply_events", "get_order", "_apply"):
+        setattr(cls, name, timed(name, getattr(cls, name)))
+    for name in ("reserve", "apply_fill", "record_snapshot"):
+        setattr(om, name, timed(name, getattr(om, name)))
+    registry = service_registry.ServiceRegistry
+    registry.usd_prices = timed("usd_prices", registry.usd_prices)  # type: ignore[method-assign]
+    import cival.connectors.paper as paper
+
+    paper.PaperExchange.submit = timed("paper.submit", paper.PaperExchange.submit)  # type: ignore[method-assign]
+
+    router = APIRouter()
+
+    @router.post("/bench/sections")
+    async def sections(action: str) -> dict[str, Any]:
+        if action == "start":
+            SECTIONS.clear()
+            return {}
+        return {k: [len(v), sum(v) / len(v) * 1000, sorted(v)[int(len(v) * 0.99)] * 1000] for k, v in SECTIONS.items()}
+
+    app.include_router(router)
+
+
+# --- the client ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    statuses: dict[str, int]
+
+
+async def place_orders(base: str, token: str, accounts: list[str], total: int) -> Run:
+    """`total` market orders over len(accounts) keep-alive connections (raw asyncio HTTP/1.1: see `hammer`)."""
+    host, port = base.removeprefix("http://").split(":")
+    remaining = total
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+
+    async def connection(account: str) -> None:
+        nonlocal remaining
+        reader, writer = await asyncio.open_connection(host, int(port))
+        side = "buy"
+        try:
+            while remaining > 0:
+                remaining -= 1
+                body = json.dumps(
+                    {"account_id": account, "symbol": SYMBOL, "side": side, "type": "market", "quantity": QUANTITY}
+                ).encode()
+                request = (
+                    f"POST /api/v1/orders HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                ).encode() + body
+                start = time.perf_counter()
+                writer.write(request)
+                status_line = await reader.readline()
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                payload = await reader.readexactly(length)
+                latencies.append(time.perf_counter() - start)
+                if b" 201 " not in status_line:
+                    raise RuntimeError(f"POST /api/v1/orders: {status_line!r} {payload[:300]!r}")
+                status = json.loads(payload)["status"]
+                statuses[status] = statuses.get(status, 0) + 1
+                side = "sell" if side == "buy" else "buy"
+        finally:
+            writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(connection(a) for a in accounts))
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    return Run(total / elapsed, statistics.median(latencies) * 1000, p99 * 1000, statuses)
+
+
+async def set_up(base: str) -> tuple[str, list[str], str]:
+    """Register a trader, open one paper account per client, wait for the market's book. Token, accounts, user."""
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        email, password = f"bench-{uuid.uuid4().hex[:8]}@example.com", "benchmark-password"
+        r = await client.post("/api/v1/auth/register", json={"email": email, "password": password})
+        assert r.status_code == 201, r.text
+        r = await client.post("/api/v1/auth/login", json={"email": email, "password": password})
+        assert r.status_code == 200, r.text
+        token = r.json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        accounts = []
+        for i in range(CONCURRENCY):
+            r = await client.post(
+                "/api/v1/accounts", json={"exchange": "paper", "account_id": f"bench-{i}"}, headers=headers
+            )
+            assert r.status_code == 201, r.text
+            accounts.append(r.json()["id"])
+        r = await client.get("/api/v1/users/me", headers=headers)
+        user_id = r.json()["id"] if r.status_code == 200 else ""
+        deadline = time.monotonic() + 30
+        while True:
+            r = await client.get(
+                "/api/v1/market-data/orderbook", params={"exchange": "paper", "symbol": SYMBOL}, headers=headers
+            )
+            if r.status_code == 200 and r.json()["asks"] and r.json()["bids"]:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no order book after 30 s: {r.status_code} {r.text[:200]}")
+            await asyncio.sleep(0.05)
+    return token, accounts, user_id
+
+
+def server_env(data_dir: str, database_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {
+        "CIVAL_DATA_DIR": data_dir,
+        "CIVAL_LOG_LEVEL": "WARNING",
+        "CIVAL_RATE_LIMIT_LOGIN": "1000000/60",
+        "CIVAL_RATE_LIMIT_REGISTER": "1000000/60",
+        "CIVAL_MARKET_DATA_ENABLED": "true",
+        "CIVAL_MARKET_STEP_SECONDS": "1",
+        "CIVAL_PAPER_STARTING_BALANCES": '{"USDT": "1000000"}',
+    }
+    if database_url:
+        env["CIVAL_DATABASE_URL"] = database_url
+    return env | (extra or {})
+
+
+def http_run(data_dir: str, database_url: str, total: int, extra: dict[str, str] | None = None) -> tuple[Run, str]:
+    """One server child: set up, warm up, measure. The run and the user id (the raw ceiling writes under it)."""
+    with serve("benchmarks.orders", server_env(data_dir, database_url, extra)) as base:
+
+        async def go() -> tuple[Run, str]:
+            token, accounts, user_id = await set_up(base)
+            await place_orders(base, token, accounts, WARMUP)
+            profiling, timing = "BENCH_PROFILE" in (extra or {}), "BENCH_SECTIONS" in (extra or {})
+            control = httpx.AsyncClient(base_url=base, timeout=30)
+            if profiling:
+                (await control.post("/bench/profile", params={"action": "start"})).raise_for_status()
+            if timing:
+                (await control.post("/bench/sections", params={"action": "start"})).raise_for_status()
+            run = await place_orders(base, token, accounts, total)
+            if profiling:
+                (await control.post("/bench/profile", params={"action": "stop"})).raise_for_status()
+            if timing:
+                r = await control.post("/bench/sections", params={"action": "stop"})
+                print(f"\nsections (wall ms per call, awaits included), {total} orders:")
+                print(f"{'section':<22} {'calls':>6} {'mean ms':>9} {'p99 ms':>9}")
+                for name, (calls, mean, p99) in sorted(r.json().items(), key=lambda kv: -kv[1][0] * kv[1][1]):
+                    print(f"{name:<22} {calls:>6} {mean:>9.2f} {p99:>9.2f}")
+            await control.aclose()
+            return run, user_id
+
+        return asyncio.run(go())
+
+
+# --- the raw-SQL ceiling ------------------------------------------------------------------------------------
+
+
+ORDER_SQL = (
+    "INSERT INTO orders (id, user_id, account_id, symbol, side, type, quantity, time_in_force, status, "
+    "filled_quantity, average_price, fees, exchange, reserved) VALUES "
+    "({p}, {p}, {p}, 'BTC/USDT', 'buy', 'market', {p}, 'IOC', 'filled', {p}, {p}, {p}, 'paper', {p})"
+)
+TRADE_SQL = (
+    "INSERT INTO trades (id, order_id, user_id, external_trade_id, symbol, side, quantity, price, fees, exchange, "
+    "executed_at) VALUES ({p}, {p}, {p}, {p}, 'BTC/USDT', 'buy', {p}, {p}, {p}, 'paper', {p})"
+)
+POSITION_SQL = (
+    "INSERT INTO positions (id, user_id, account_id, symbol, size, average_price, exchange) "
+    "VALUES ({p}, {p}, {p}, 'BTC/USDT', {p}, {p}, 'paper') "
+    "ON CONFLICT (user_id, account_id, symbol) DO UPDATE SET size = excluded.size, "
+    "average_price = excluded.average_price, updated_at = excluded.updated_at"
+)
+BALANCE_SQL = "UPDATE balances SET free = {p}, locked = {p}, total = {p} WHERE account_id = {p} AND asset = {p}"
+
+
+def _sql(template: str, style: str) -> str:
+    if style == "?":
+        return template.replace("{p}", "?")
+    n = 0
+    out = template
+    while "{p}" in out:
+        n += 1
+        out = out.replace("{p}", f"${n}", 1)
+    return out
+
+
+async def raw_rate(
+    connect: Callable[[], Awaitable[Any]], run_one: Callable[[Any, str, str], Awaitable[None]], accounts: list[str]
+) -> Run:
+    remaining = RAW
+    latencies: list[float] = []
+
+    async def client(account: str) -> None:
+        nonlocal remaining
+        conn = await connect()
+        try:
+            for _ in range(20):  # warm-up (statement cache, pages)
+                await run_one(conn, account, uuid.uuid4().hex)
+            while remaining > 0:
+                remaining -= 1
+                start = time.perf_counter()
+                await run_one(conn, account, uuid.uuid4().hex)
+                latencies.append(time.perf_counter() - start)
+        finally:
+            await conn.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client(a) for a in accounts))
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    return Run(RAW / elapsed, statistics.median(latencies) * 1000, latencies[int(len(latencies) * 0.99)] * 1000, {})
+
+
+async def raw_sqlite(path: str, user_id: str, accounts: list[str]) -> Run:
+    import aiosqlite
+
+    from cival.database.types import ExactDecimal
+
+    # Bind values as the app stores them (ExactDecimal's fixed-width text, Uuid as 32 hex digits).
+    money = ExactDecimal(20, 8)
+    dialect = __import__("sqlalchemy.dialects.sqlite", fromlist=["dialect"]).dialect()
+    to_db = money.process_bind_param
+
+    def m(value: str) -> Any:
+        return to_db(Decimal(value), dialect)
+
+    user = uuid.UUID(user_id).hex
+    order_sql, trade_sql = _sql(ORDER_SQL, "?"), _sql(TRADE_SQL, "?")
+    position_sql, balance_sql = _sql(POSITION_SQL, "?"), _sql(BALANCE_SQL, "?")
+    now = "2025-01-01 00:00:00.000000"
+
+    async def connect() -> Any:
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        for pragma in ("foreign_keys=ON", "journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
+            await conn.execute(f"PRAGMA {pragma}")
+        return conn
+
+    async def run_one(conn: Any, account: str, oid: str) -> None:
+        acct = uuid.UUID(account).hex
+        await conn.execute("BEGIN IMMEDIATE")
+        await conn.execute(order_sql, (oid, user, acct, m(QUANTITY), m(QUANTITY), m("60000"), m("0.012"), m("0")))
+        await conn.execute(
+            trade_sql, (uuid.uuid4().hex, oid, user, oid + ":1", m(QUANTITY), m("60000"), m("0.012"), now)
+        )
+        await conn.execute(position_sql, (uuid.uuid4().hex, user, acct, m("0.0002"), m("60000")))
+        await conn.execute(balance_sql, (m("990000"), m("0"), m("990000"), acct, "USDT"))
+        await conn.execute(balance_sql, (m("1"), m("0"), m("1"), acct, "BTC"))
+        await conn.execute("COMMIT")
+
+    return await raw_rate(connect, run_one, accounts)
+
+
+async def raw_postgres(url: str, user_id: str, accounts: list[str]) -> Run:
+    from datetime import UTC, datetime
+
+    import asyncpg
+
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+    user = uuid.UUID(user_id)
+    order_sql, trade_sql = _sql(ORDER_SQL, "$"), _sql(TRADE_SQL, "$")
+    position_sql = _sql(POSITION_SQL, "$").replace("excluded.updated_at", "now()")
+    balance_sql = _sql(BALANCE_SQL, "$")
+    q, price, fee = Decimal(QUANTITY), Decimal(60000), Decimal("0.012")
+
+    async def connect() -> Any:
+        return await asyncpg.connect(dsn)
+
+    async def run_one(conn: Any, account: str, oid: str) -> None:
+        acct, order_id = uuid.UUID(account), uuid.UUID(oid)
+        async with conn.transaction():
+            await conn.execute(order_sql, order_id, user, acct, q, q, price, fee, Decimal(0))
+            await conn.execute(trade_sql, uuid.uuid4(), order_id, user, oid + ":1", q, price, fee, datetime.now(UTC))
+            await conn.execute(position_sql, uuid.uuid4(), user, acct, q, price)
+            await conn.execute(balance_sql, Decimal(990000), Decimal(0), Decimal(990000), acct, "USDT")
+            await conn.execute(balance_sql, Decimal(1), Decimal(0), Decimal(1), acct, "BTC")
+
+    return await raw_rate(connect, run_one, accounts)
+
+
+def account_ids(database_url: str, data_dir: str) -> list[str]:
+    """The benchmark's paper accounts (created through the API), read back for the raw clients."""
+
+    async def go() -> list[str]:
+        from sqlalchemy import text
+
+        from cival.core.db import make_engine
+
+        url = database_url or f"sqlite+aiosqlite:///{data_dir}/cival.sqlite3"
+        engine = make_engine(url, app_role=False)
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT id FROM trading_accounts WHERE account_id LIKE 'bench-%'"))).all()
+        await engine.dispose()
+        return [str(r[0]) for r in rows]
+
+    return asyncio.run(go())
+
+
+# --- PostgreSQL scratch database ----------------------------------------------------------------------------
+
+
+@contextmanager
+def scratch_postgres(server_url: str) -> Iterator[str]:
+    """A fresh, migrated database on `server_url`'s server (as tests/conftest.py does), dropped afterwards."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from cival.core.db import make_engine
+    from cival.database import migrate
+
+    for prefix in ("postgres://", "postgresql://"):
+        if server_url.startswith(prefix):
+            server_url = "postgresql+asyncpg://" + server_url[len(prefix) :]
+    server = make_url(server_url)
+    name = f"cival_bench_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        engine = make_engine(server.render_as_string(hide_password=False), app_role=False)
+        engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        async with engine.connect() as conn:
+            await conn.execute(text(sql))
+        await engine.dispose()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    url = server.set(database=name).render_as_string(hide_password=False)
+    try:
+        asyncio.run(migrate.upgrade(url))
+        yield url
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+# --- report -------------------------------------------------------------------------------------------------
+
+
+def measure(label: str, database_url: str, data_dir: str) -> tuple[Run, Run]:
+    if not database_url:
+        from cival.database import migrate
+
+        asyncio.run(migrate.upgrade(f"sqlite+aiosqlite:///{data_dir}/cival.sqlite3"))
+    api, user_id = http_run(data_dir, database_url, ORDERS)
+    if not user_id:
+        user_id = _user_id(database_url, data_dir)
+    accounts = account_ids(database_url, data_dir)
+    if database_url:
+        raw = asyncio.run(raw_postgres(database_url, user_id, accounts))
+    else:
+        raw = asyncio.run(raw_sqlite(f"{data_dir}/cival.sqlite3", user_id, accounts))
+    print(f"\n{label}: {ORDERS} market orders x{CONCURRENCY} clients; ceiling {RAW} raw transactions x{CONCURRENCY}")
+    print(f"{'what':<44} {'orders/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs raw':>7}")
+    print(f"{'ceiling: raw SQL, 1 txn per order':<44} {raw.rate:>9.0f} {raw.p50_ms:>8.2f} {raw.p99_ms:>8.2f} {1:>7.2f}")
+    print(
+        f"{'POST /api/v1/orders (market, fills)':<44} {api.rate:>9.0f} {api.p50_ms:>8.2f} {api.p99_ms:>8.2f} "
+        f"{api.rate / raw.rate:>7.2f}"
+    )
+    print(f"  order statuses returned: {api.statuses}")
+    if database_url:
+        ok = api.rate >= 0.4 * raw.rate and api.p99_ms < 50
+        print(f"  targets (>= 40% of raw, p99 < 50 ms): {'MET' if ok else 'NOT MET'}")
+    return api, raw
+
+
+def _user_id(database_url: str, data_dir: str) -> str:
+    async def go() -> str:
+        from sqlalchemy import text
+
+        from cival.core.db import make_engine
+
+        engine = make_engine(database_url or f"sqlite+aiosqlite:///{data_dir}/cival.sqlite3", app_role=False)
+        async with engine.connect() as conn:
+            row = (await conn.execute(text("SELECT user_id FROM trading_accounts LIMIT 1"))).one()
+        await engine.dispose()
+        return str(row[0])
+
+    return asyncio.run(go())
+
+
+def gate_section() -> None:
+    rates: dict[str, Run] = {}
+    for label, extra in (("gate configured (RiskGate)", {}), ("no gate", {"BENCH_NO_GATE": "1"})):
+        with tempfile.TemporaryDirectory() as tmp:
+            from cival.database import migrate
+
+            asyncio.run(migrate.upgrade(f"sqlite+aiosqlite:///{tmp}/cival.sqlite3"))
+            rates[label] = http_run(tmp, "", ORDERS // 2, extra)[0]
+    print("\nrisk gate (placeholder: RiskGate.check is a no-op until the risk issue), SQLite")
+    for label, run in rates.items():
+        print(f"{label:<44} {run.rate:>9.0f} {run.p50_ms:>8.2f} {run.p99_ms:>8.2f}")
+
+
+def profile_section() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        from cival.database import migrate
+
+        asyncio.run(migrate.upgrade(f"sqlite+aiosqlite:///{tmp}/cival.sqlite3"))
+        stats_file = str(Path(tmp) / "profile.out")
+        run = http_run(tmp, "", PROFILE_ORDERS, {"BENCH_PROFILE": stats_file})[0]
+        print(f"\nprofile: {PROFILE_ORDERS} orders under cProfile ({run.rate:.0f} orders/s profiled), SQLite")
+        stats = pstats.Stats(stats_file)
+        stats.sort_stats("cumulative").print_stats(45)
+        stats.sort_stats("tottime").print_stats(25)
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "serve-child":
+        child(int(sys.argv[2]))
+        return
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        measure("SQLite (embedded, WAL)", "", tmp)
+    if BENCH_DB:
+        with tempfile.TemporaryDirectory() as tmp, scratch_postgres(BENCH_DB) as url:
+            measure("PostgreSQL", url, tmp)
+    else:
+        print("\nPostgreSQL: skipped (set CIVAL_BENCH_DATABASE_URL=postgresql://user@host:5432/any)")
+    if "--gate" in sys.argv:
+        gate_section()
+    if "--profile" in sys.argv:
+        profile_section()
+    if "--sections" in sys.argv:  # wall time per step of the order path (SQLite), awaits included
+        with tempfile.TemporaryDirectory() as tmp:
+            from cival.database import migrate
+
+            asyncio.run(migrate.upgrade(f"sqlite+aiosqlite:///{tmp}/cival.sqlite3"))
+            http_run(tmp, "", PROFILE_ORDERS // 2, {"BENCH_SECTIONS": "1"})
+    print(f"\n(run took {time.perf_counter() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
