@@ -84,29 +84,20 @@ async def apply_fill(
     base = await _balance(session, order.account_id, order.user_id, instrument.base_asset, order.exchange)
     quote = await _balance(session, order.account_id, order.user_id, instrument.quote_asset, order.exchange)
     reserved = order.reserved
-    if order.side == "buy":
-        cost = trade.quantity * trade.price + trade.fees
-        still = Decimal(0) if is_complete else max(Decimal(0), reserved - cost)
-        new_base, new_quote = pf.settle_buy(
-            pf.Balance(base.asset, base.free, base.locked),
-            pf.Balance(quote.asset, quote.free, quote.locked),
-            quantity=trade.quantity,
-            price=trade.price,
-            fee=trade.fees,
-            reserved=reserved,
-            still_reserved=still,
-        )
-    else:
-        still = Decimal(0) if is_complete else max(Decimal(0), reserved - trade.quantity)
-        new_base, new_quote = pf.settle_sell(
-            pf.Balance(base.asset, base.free, base.locked),
-            pf.Balance(quote.asset, quote.free, quote.locked),
-            quantity=trade.quantity,
-            price=trade.price,
-            fee=trade.fees,
-            reserved=reserved,
-            still_reserved=still,
-        )
+    # A buy's reservation is in quote (cost and fee), a sell's in base (the quantity).
+    is_buy = order.side == "buy"
+    used = trade.quantity * trade.price + trade.fees if is_buy else trade.quantity
+    still = Decimal(0) if is_complete else max(Decimal(0), reserved - used)
+    settle = pf.settle_buy if is_buy else pf.settle_sell
+    new_base, new_quote = settle(
+        pf.Balance(base.asset, base.free, base.locked),
+        pf.Balance(quote.asset, quote.free, quote.locked),
+        quantity=trade.quantity,
+        price=trade.price,
+        fee=trade.fees,
+        reserved=reserved,
+        still_reserved=still,
+    )
     _store(base, new_base)
     _store(quote, new_quote)
     order.reserved = still
