@@ -142,7 +142,8 @@ async def _with_services(settings: Settings, work: Callable[[ServiceRegistry], A
 def _run_with_services(work: Callable[[ServiceRegistry], Awaitable[T]]) -> T:
     from cival.core.logging import configure_logging
 
-    settings = _settings()
+    # A one-shot command must not lead the market: a step cut off at exit would leave a connection behind.
+    settings = _settings().model_copy(update={"market_data_enabled": False})
     configure_logging("ERROR", json=settings.log_json)  # the command reports its own outcome
     try:
         return asyncio.run(_with_services(settings, work))
