@@ -13,8 +13,9 @@ none is given, so concurrent identical requests race on the unique index and exa
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
@@ -48,13 +49,16 @@ from cival.domain.orders import (
 from cival.models.trading_models import OrderIn, OrderOut, OrderPage, TradeOut, TradePage
 from cival.services.auth_service import Principal
 from cival.services.portfolio_tracker import apply_fill, record_snapshot, release, reserve
-from cival.services.risk_manager import RiskGate
+from cival.services.risk_manager import RiskGate, RiskRefused
 from cival.services.websocket_manager import publish_user
 
 log = get_logger(__name__)
 
 STOP_BUY_SLIPPAGE = Decimal("0.05")
 """A stop (market) buy reserves at its stop price plus this much: its fill price is not known before the trigger."""
+
+
+UserPublisher = Callable[[uuid.UUID, str, Mapping[str, Any]], Awaitable[Any]]
 
 
 class OrderInvalid(ValidationFailed):
@@ -99,6 +103,7 @@ class _Changes:
     positions: list[Any] = field(default_factory=list)
     balances: list[Any] = field(default_factory=list)
     users: set[uuid.UUID] = field(default_factory=set)
+    alerts: list[Any] = field(default_factory=list)
 
 
 class OrderManagementService:
@@ -120,6 +125,8 @@ class OrderManagementService:
         self.prices = prices
         self.starting_balances = starting_balances
         paper.sink = self.apply_events
+        self.publish: UserPublisher = functools.partial(publish_user, cache)
+        """Where user events go (the notification service replaces it to add webhooks); one call per change."""
 
     # --- placing ---------------------------------------------------------------------------------------------
 
@@ -178,7 +185,14 @@ class OrderManagementService:
             fees=Decimal(0),
             exchange=account.exchange,
         )
-        await self.risk.check(order)
+        mid = None
+        if book is not None and book.bids and book.asks:
+            mid = (book.bids[0].price + book.asks[0].price) / 2
+        try:
+            await self.risk.check(order, instrument, mid)
+        except RiskRefused as refusal:
+            await self._store_refused(order, refusal)
+            raise
         asset, amount = self._reservation(order, instrument, book)
         try:
             async with self.database.session(user_id) as session:
@@ -199,6 +213,24 @@ class OrderManagementService:
         # The order is stored and acknowledged: now, and only now, it goes to the venue.
         await self._send(order, instrument)
         return await self.get_order(principal, order.id)
+
+    async def _store_refused(self, order: Order, refusal: RiskRefused) -> None:
+        """A refused order is kept, rejected, with its alert; nothing is reserved or sent."""
+        order.status = OrderStatus.REJECTED.value
+        order.reject_reason = f"risk:{refusal.limit_type}: {refusal.detail}"[:255]
+        changes = _Changes()
+        try:
+            async with self.database.session(order.user_id) as session:
+                session.add(order)
+                await session.flush()
+                alert = await self.risk.record_refusal(session, order, refusal)
+        except IntegrityError:  # a concurrent identical request stored the order first: it answers for both
+            return
+        changes.orders[order.id] = order
+        changes.users.add(order.user_id)
+        if alert is not None:
+            changes.alerts.append(alert)
+        await self._publish(changes)
 
     def _same_or_refuse(self, existing: Order, body: OrderIn, tif: str) -> OrderOut:
         wanted = body.model_dump() | {"time_in_force": tif, "symbol": body.symbol}
@@ -357,13 +389,9 @@ class OrderManagementService:
     async def _publish(self, changes: _Changes) -> None:
         try:
             for order in changes.orders.values():
-                await publish_user(
-                    self.cache, order.user_id, "orders", OrderOut.model_validate(order).model_dump(mode="json")
-                )
+                await self.publish(order.user_id, "orders", OrderOut.model_validate(order).model_dump(mode="json"))
             for trade in changes.trades:
-                await publish_user(
-                    self.cache, trade.user_id, "trades", TradeOut.model_validate(trade).model_dump(mode="json")
-                )
+                await self.publish(trade.user_id, "trades", TradeOut.model_validate(trade).model_dump(mode="json"))
             for position in {id(p): p for p in changes.positions}.values():
                 data = {
                     "account_id": str(position.account_id),
@@ -371,7 +399,7 @@ class OrderManagementService:
                     "size": format(position.size, "f"),
                     "average_price": format(position.average_price, "f"),
                 }
-                await publish_user(self.cache, position.user_id, "positions", data)
+                await self.publish(position.user_id, "positions", data)
             for balance in {id(b): b for b in changes.balances}.values():
                 data = {
                     "account_id": str(balance.account_id),
@@ -380,9 +408,19 @@ class OrderManagementService:
                     "locked": format(balance.locked, "f"),
                     "total": format(balance.total, "f"),
                 }
-                await publish_user(self.cache, balance.user_id, "balances", data)
+                await self.publish(balance.user_id, "balances", data)
+            for alert in changes.alerts:
+                data = {
+                    "id": str(alert.id),
+                    "alert_type": alert.alert_type,
+                    "severity": alert.severity,
+                    "message": alert.message,
+                    "data": alert.data,
+                    "acknowledged": bool(alert.acknowledged),
+                }
+                await self.publish(alert.user_id, "alerts", data)
             for user_id in changes.users:
-                await publish_user(self.cache, user_id, "portfolio", {"changed": True})
+                await self.publish(user_id, "portfolio", {"changed": True})
         except Exception:  # a live update is best effort: the database already holds the truth
             log.exception("publishing order updates failed")
 
