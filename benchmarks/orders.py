@@ -108,6 +108,7 @@ def _time_sections(app: Any) -> None:
     from fastapi import APIRouter
 
     from cival.core import service_registry
+    from cival.services import order_applier as oa
     from cival.services import order_management as om
 
     def timed(name: str, fn: Any) -> Any:
@@ -122,10 +123,12 @@ def _time_sections(app: Any) -> None:
         return wrapper
 
     cls = om.OrderManagementService
-    for name in ("place_order", "_by_client_id", "_book", "_send", "apply_events", "get_order", "_apply"):
+    for name in ("place_order", "_by_client_id", "_account_exchange", "_book", "_send"):
         setattr(cls, name, timed(name, getattr(cls, name)))
-    for name in ("reserve", "apply_fill", "record_snapshot"):
-        setattr(om, name, timed(name, getattr(om, name)))
+    for name in ("apply", "_store", "_load"):
+        setattr(oa.EventApplier, name, timed(f"applier.{name}", getattr(oa.EventApplier, name)))
+    setattr(om, "reserve", timed("reserve", om.reserve))  # noqa: B010
+    setattr(oa, "record_snapshot", timed("record_snapshot", oa.record_snapshot))  # noqa: B010
     registry = service_registry.ServiceRegistry
     registry.usd_prices = timed("usd_prices", registry.usd_prices)  # type: ignore[method-assign]
     import cival.connectors.paper as paper

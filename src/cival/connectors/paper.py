@@ -8,14 +8,13 @@ The engines live in the process that leads market data (the leader's step feeds 
   after a restart (the restored order carries its filled quantity), and deterministic for a given market;
 - the fee is `portfolio.fill_fee` (rounded down), the one the reservation was sized to cover (D20).
 
-`lock` serialises the engines and the application of their events: whoever calls `submit`/`cancel` holds it until
-the events are stored, and a market step takes it before matching, so events of one order are stored in the order
-the engine produced them.
+Events are stored in the order the engines produced them without a lock: each engine call is synchronous, and
+its events are handed on (the caller's `apply`, or `sink` for market steps) with no await in between, into the
+order path's single, ordered writer (`services/order_applier.py`).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -75,13 +74,12 @@ class PaperExchange:
             )
         self.book_source = book_source
         self.sink: EventSink | None = None
-        self.lock = asyncio.Lock()
         self._working: dict[str, tuple[str, Decimal, Decimal]] = {}  # order id -> (symbol, quantity, filled)
 
     def engine(self, symbol: str) -> MatchingEngine:
         return self.engines[symbol]
 
-    # --- orders (the caller holds `lock`) ---------------------------------------------------------------------
+    # --- orders ---------------------------------------------------------------------
 
     async def submit(self, symbol: str, request: OrderRequest) -> list[Event]:
         """Work a new order; the events (fills of other orders the fresh book caused included) come back."""
@@ -114,20 +112,19 @@ class PaperExchange:
         """A market data step: new books and trades fill resting orders and trigger stops."""
         if exchange != PAPER:
             return
-        async with self.lock:
-            out: list[Event] = []
-            for event in events:
-                if isinstance(event, BookEvent):
-                    engine = self.engines.get(event.book.symbol)
-                    if engine is not None:
-                        out += engine.on_book(event.book)
-                elif isinstance(event, TradeEvent):
-                    engine = self.engines.get(event.symbol)
-                    if engine is not None:
-                        out += engine.on_trade_tick(event.tick)
-            out = self._finish(out)
-            if out and self.sink is not None:
-                await self.sink(out)
+        out: list[Event] = []
+        for event in events:
+            if isinstance(event, BookEvent):
+                engine = self.engines.get(event.book.symbol)
+                if engine is not None:
+                    out += engine.on_book(event.book)
+            elif isinstance(event, TradeEvent):
+                engine = self.engines.get(event.symbol)
+                if engine is not None:
+                    out += engine.on_trade_tick(event.tick)
+        out = self._finish(out)
+        if out and self.sink is not None:
+            await self.sink(out)
 
     # --- internals --------------------------------------------------------------------------------------------
 

@@ -149,6 +149,7 @@ class ServiceRegistry:
             s.paper_starting_balances,
         )
         self.portfolio = PortfolioTracker(self.database, self.usd_prices, s.paper_starting_balances)
+        self._started.append("orders")
         restored = await self.orders.reconcile()
         if restored:
             log.info("paper orders restored", count=restored)
@@ -179,6 +180,8 @@ class ServiceRegistry:
                     await self.websockets.close()
                 elif name == "market_data":
                     await self.market_data.stop()
+                elif name == "orders":
+                    await self.orders.applier.close()
                 elif name == "log_sink":
                     await self.log_sink.stop()
                 elif name == "cache":

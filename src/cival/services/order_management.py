@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from cival.connectors.paper import ConnectorTimeout, PaperExchange
 from cival.core.cache import Cache
@@ -33,7 +31,7 @@ from cival.core.logging import get_logger
 from cival.database.models import Order, Trade, TradingAccount
 from cival.domain import portfolio as pf
 from cival.domain.instruments import Instrument
-from cival.domain.matching import Cancelled, Event, Filled, OpenOrder, OrderRequest, Rejected, Triggered
+from cival.domain.matching import Cancelled, Event, OpenOrder, OrderRequest
 from cival.domain.orders import (
     TERMINAL_STATUSES,
     CancelReason,
@@ -42,13 +40,13 @@ from cival.domain.orders import (
     OrderStatus,
     OrderType,
     TimeInForce,
-    quantize_stored,
     transition,
     validate_order,
 )
 from cival.models.trading_models import OrderIn, OrderOut, OrderPage, TradeOut, TradePage
 from cival.services.auth_service import Principal
-from cival.services.portfolio_tracker import apply_fill, record_snapshot, release, reserve
+from cival.services.order_applier import Changes, EventApplier, UserPublisher
+from cival.services.portfolio_tracker import reserve
 from cival.services.risk_manager import RiskGate, RiskRefused
 from cival.services.websocket_manager import publish_user
 
@@ -56,9 +54,6 @@ log = get_logger(__name__)
 
 STOP_BUY_SLIPPAGE = Decimal("0.05")
 """A stop (market) buy reserves at its stop price plus this much: its fill price is not known before the trigger."""
-
-
-UserPublisher = Callable[[uuid.UUID, str, Mapping[str, Any]], Awaitable[Any]]
 
 
 class OrderInvalid(ValidationFailed):
@@ -96,16 +91,6 @@ class OrderNotFound(NotFound):
 _COMPARED = ("account_id", "symbol", "side", "type", "quantity", "price", "stop_price", "time_in_force", "post_only")
 
 
-@dataclass
-class _Changes:
-    orders: dict[uuid.UUID, Order] = field(default_factory=dict)
-    trades: list[Trade] = field(default_factory=list)
-    positions: list[Any] = field(default_factory=list)
-    balances: list[Any] = field(default_factory=list)
-    users: set[uuid.UUID] = field(default_factory=set)
-    alerts: list[Any] = field(default_factory=list)
-
-
 class OrderManagementService:
     def __init__(
         self,
@@ -124,9 +109,22 @@ class OrderManagementService:
         self.risk = risk
         self.prices = prices
         self.starting_balances = starting_balances
+        self.applier = EventApplier(
+            database, instruments, prices, starting_balances, functools.partial(publish_user, cache)
+        )
         paper.sink = self.apply_events
-        self.publish: UserPublisher = functools.partial(publish_user, cache)
+        self._accounts: dict[tuple[uuid.UUID, uuid.UUID], str] = {}  # (user, account) -> exchange: never changes
+        self._sending: set[uuid.UUID] = set()  # stored, not yet handed to the venue
+        self._cancel_before_send: set[uuid.UUID] = set()
+
+    @property
+    def publish(self) -> UserPublisher:
         """Where user events go (the notification service replaces it to add webhooks); one call per change."""
+        return self.applier.publish
+
+    @publish.setter
+    def publish(self, publisher: UserPublisher) -> None:
+        self.applier.publish = publisher
 
     # --- placing ---------------------------------------------------------------------------------------------
 
@@ -138,15 +136,8 @@ class OrderManagementService:
             existing = await self._by_client_id(user_id, client_order_id)
             if existing is not None:
                 return self._same_or_refuse(existing, body, tif)
-        async with self.database.session(user_id, read_only=True) as session:
-            account = await session.scalar(
-                select(TradingAccount).where(TradingAccount.id == body.account_id, TradingAccount.user_id == user_id)
-            )
-        if account is None:
-            raise NotFound(f"account {body.account_id} not found")
-        if not account.is_active:
-            raise AccountInactive(f"account {account.id} is deactivated: reactivate it to trade")
-        instrument = self.instrument(account.exchange, body.symbol)
+        exchange = await self._account_exchange(user_id, body.account_id)
+        instrument = self.instrument(exchange, body.symbol)
         book = await self._book(instrument)
         is_buy = body.side == "buy"
         reference = None
@@ -167,10 +158,11 @@ class OrderManagementService:
             )
         except OrderRejected as exc:
             raise OrderInvalid(str(exc.code), exc.detail) from exc
+        now = datetime.now(UTC)
         order = Order(
             id=uuid.uuid4(),
             user_id=user_id,
-            account_id=account.id,
+            account_id=body.account_id,
             client_order_id=client_order_id,
             symbol=instrument.symbol,
             side=body.side,
@@ -183,7 +175,10 @@ class OrderManagementService:
             status=OrderStatus.PENDING.value,
             filled_quantity=Decimal(0),
             fees=Decimal(0),
-            exchange=account.exchange,
+            reserved=Decimal(0),
+            exchange=exchange,
+            created_at=now,
+            updated_at=now,
         )
         mid = None
         if book is not None and book.bids and book.asks:
@@ -194,12 +189,22 @@ class OrderManagementService:
             await self._store_refused(order, refusal)
             raise
         asset, amount = self._reservation(order, instrument, book)
+        self._sending.add(order.id)
         try:
             async with self.database.session(user_id) as session:
+                active = await session.scalar(
+                    select(TradingAccount.is_active).where(
+                        TradingAccount.id == order.account_id, TradingAccount.user_id == user_id
+                    )
+                )
+                if active is None:
+                    raise NotFound(f"account {body.account_id} not found")
+                if not active:
+                    raise AccountInactive(f"account {body.account_id} is deactivated: reactivate it to trade")
                 session.add(order)
-                await session.flush()
                 await reserve(session, order, asset, amount)
         except IntegrityError:
+            self._sending.discard(order.id)
             if client_order_id is None:
                 raise
             existing = await self._by_client_id(user_id, client_order_id)
@@ -207,18 +212,38 @@ class OrderManagementService:
                 raise
             return self._same_or_refuse(existing, body, tif)
         except pf.InsufficientFunds as exc:
+            self._sending.discard(order.id)
             raise InsufficientFundsError(
                 f"this order needs {amount} {asset} and the account has less free: {exc}"
             ) from exc
+        except BaseException:
+            self._sending.discard(order.id)
+            raise
         # The order is stored and acknowledged: now, and only now, it goes to the venue.
-        await self._send(order, instrument)
-        return await self.get_order(principal, order.id)
+        changes = await self._send(order, instrument)
+        return OrderOut.model_validate(changes.orders.get(order.id, order))
+
+    async def _account_exchange(self, user_id: uuid.UUID, account_id: uuid.UUID) -> str:
+        """The account's exchange (immutable, so remembered); whether it is active is checked when storing."""
+        known = self._accounts.get((user_id, account_id))
+        if known is not None:
+            return known
+        async with self.database.session(user_id, read_only=True) as session:
+            account = await session.scalar(
+                select(TradingAccount).where(TradingAccount.id == account_id, TradingAccount.user_id == user_id)
+            )
+        if account is None:
+            raise NotFound(f"account {account_id} not found")
+        if not account.is_active:
+            raise AccountInactive(f"account {account.id} is deactivated: reactivate it to trade")
+        self._accounts[(user_id, account_id)] = account.exchange
+        return account.exchange
 
     async def _store_refused(self, order: Order, refusal: RiskRefused) -> None:
         """A refused order is kept, rejected, with its alert; nothing is reserved or sent."""
         order.status = OrderStatus.REJECTED.value
         order.reject_reason = f"risk:{refusal.limit_type}: {refusal.detail}"[:255]
-        changes = _Changes()
+        changes = Changes()
         try:
             async with self.database.session(order.user_id) as session:
                 session.add(order)
@@ -230,7 +255,7 @@ class OrderManagementService:
         changes.users.add(order.user_id)
         if alert is not None:
             changes.alerts.append(alert)
-        await self._publish(changes)
+        await self.applier.publish_changes(changes)
 
     def _same_or_refuse(self, existing: Order, body: OrderIn, tif: str) -> OrderOut:
         wanted = body.model_dump() | {"time_in_force": tif, "symbol": body.symbol}
@@ -275,154 +300,48 @@ class OrderManagementService:
         _, amount = pf.required_reservation("buy", order.type, order.quantity, bound, rate)  # type: ignore[arg-type]
         return instrument.quote_asset, amount
 
-    async def _send(self, order: Order, instrument: Instrument) -> None:
+    async def _send(self, order: Order, instrument: Instrument) -> Changes:
         request = OrderRequest(
             order_id=str(order.id),
             side=OrderSide(order.side),
             type=OrderType(order.type),
             quantity=order.quantity,
             time_in_force=TimeInForce(order.time_in_force),
-            ts=order.created_at if order.created_at.tzinfo else datetime.now(UTC),
+            ts=order.created_at,
             price=order.price,
             stop_price=order.stop_price,
             post_only=order.post_only,
         )
-        async with self.paper.lock:
-            try:
+        try:
+            if order.id in self._cancel_before_send:
+                events: list[Event] = [Cancelled(str(order.id), CancelReason.REQUESTED)]
+            else:
                 events = await self.paper.submit(instrument.symbol, request)
-            except (TimeoutError, ConnectorTimeout, ConnectionError) as exc:
-                # The venue may or may not hold the order: unknown, never rejected (reconciliation decides).
-                log.warning("order send timed out; outcome unknown", order_id=str(order.id), error=str(exc))
-                await self._mark_unknown(order.id)
-                return
-            await self.apply_events(events)
+        except (TimeoutError, ConnectorTimeout, ConnectionError) as exc:
+            # The venue may or may not hold the order: unknown, never rejected (reconciliation decides).
+            log.warning("order send timed out; outcome unknown", order_id=str(order.id), error=str(exc))
+            return await self._mark_unknown(order.id)
+        finally:
+            self._sending.discard(order.id)
+            self._cancel_before_send.discard(order.id)
+        # No await between the venue's answer and `apply` queueing it: events are stored in the venue's order.
+        return await self.applier.apply(events)
 
-    async def _mark_unknown(self, order_id: uuid.UUID) -> None:
-        changes = _Changes()
+    async def _mark_unknown(self, order_id: uuid.UUID) -> Changes:
+        changes = Changes()
         async with self.database.system_session() as session:
             row = await session.get(Order, order_id, with_for_update=True)
             if row is not None:
                 row.status = transition(OrderStatus(row.status), OrderStatus.UNKNOWN).value
                 changes.orders[row.id] = row
-        await self._publish(changes)
-
-    # --- applying the venue's events -------------------------------------------------------------------------
+                changes.users.add(row.user_id)
+        await self.applier.publish_changes(changes)
+        return changes
 
     async def apply_events(self, events: list[Event]) -> None:
-        """Store the connector's events in one transaction, then publish what changed."""
-        if not events:
-            return
-        changes = _Changes()
-        prices = await self.prices()
-        async with self.database.system_session() as session:
-            for event in events:
-                await self._apply(session, event, changes)
-            for user_id in changes.users:
-                await record_snapshot(session, user_id, prices, self.starting_balances)
-        await self._publish(changes)
-
-    async def _apply(self, session: AsyncSession, event: Event, changes: _Changes) -> None:
-        order_id = uuid.UUID(event.order_id)
-        order = changes.orders.get(order_id) or await session.get(Order, order_id, with_for_update=True)
-        if order is None:
-            log.error("event for an unknown order", order_id=event.order_id, kind=type(event).__name__)
-            return
-        instrument = self.instrument(order.exchange, order.symbol)
-        status = OrderStatus(order.status)
-        if isinstance(event, Filled):
-            fill = event.fill
-            duplicate = await session.scalar(
-                select(Trade.id).where(Trade.exchange == order.exchange, Trade.external_trade_id == fill.trade_id)
-            )
-            if duplicate is not None:
-                return
-            new_status = transition(
-                status,
-                OrderStatus.FILLED if order.filled_quantity + fill.quantity == order.quantity else OrderStatus.PARTIAL,
-            )
-            if order.filled_quantity + fill.quantity > order.quantity:
-                raise ValueError(f"fill {fill.trade_id} would overfill order {order.id}")
-            trade = Trade(
-                id=uuid.uuid4(),
-                order_id=order.id,
-                user_id=order.user_id,
-                external_trade_id=fill.trade_id,
-                symbol=order.symbol,
-                side=order.side,
-                quantity=fill.quantity,
-                price=fill.price,
-                fees=fill.fee,
-                exchange=order.exchange,
-                executed_at=fill.ts,
-            )
-            session.add(trade)
-            # Exact average from the stored fills: the stored average is rounded and must not carry its rounding on.
-            rows = (await session.execute(select(Trade.quantity, Trade.price).where(Trade.order_id == order.id))).all()
-            notional = sum((q * p for q, p in rows), Decimal(0))
-            order.filled_quantity += fill.quantity
-            order.average_price = quantize_stored(notional / order.filled_quantity)
-            order.fees += fill.fee
-            order.status = new_status.value
-            position, balances = await apply_fill(
-                session, order, instrument, trade, is_complete=new_status is OrderStatus.FILLED
-            )
-            changes.trades.append(trade)
-            changes.positions.append(position)
-            changes.balances += balances
-        elif isinstance(event, Cancelled | Rejected):
-            target = OrderStatus.CANCELLED if isinstance(event, Cancelled) else OrderStatus.REJECTED
-            order.status = transition(status, target).value
-            if isinstance(event, Rejected):
-                order.reject_reason = f"{event.reason}: {event.detail}"[:255]
-            balance = await release(session, order, instrument)
-            if balance is not None:
-                changes.balances.append(balance)
-        elif isinstance(event, Triggered):
-            if order.type == OrderType.STOP_LIMIT.value:
-                order.triggered_at = event.ts
-        else:  # Rested: the order works; nothing changes in storage
-            return
-        order.updated_at = datetime.now(UTC)
-        changes.orders[order.id] = order
-        changes.users.add(order.user_id)
-
-    async def _publish(self, changes: _Changes) -> None:
-        try:
-            for order in changes.orders.values():
-                await self.publish(order.user_id, "orders", OrderOut.model_validate(order).model_dump(mode="json"))
-            for trade in changes.trades:
-                await self.publish(trade.user_id, "trades", TradeOut.model_validate(trade).model_dump(mode="json"))
-            for position in {id(p): p for p in changes.positions}.values():
-                data = {
-                    "account_id": str(position.account_id),
-                    "symbol": position.symbol,
-                    "size": format(position.size, "f"),
-                    "average_price": format(position.average_price, "f"),
-                }
-                await self.publish(position.user_id, "positions", data)
-            for balance in {id(b): b for b in changes.balances}.values():
-                data = {
-                    "account_id": str(balance.account_id),
-                    "asset": balance.asset,
-                    "free": format(balance.free, "f"),
-                    "locked": format(balance.locked, "f"),
-                    "total": format(balance.total, "f"),
-                }
-                await self.publish(balance.user_id, "balances", data)
-            for alert in changes.alerts:
-                data = {
-                    "id": str(alert.id),
-                    "alert_type": alert.alert_type,
-                    "severity": alert.severity,
-                    "message": alert.message,
-                    "data": alert.data,
-                    "acknowledged": bool(alert.acknowledged),
-                }
-                await self.publish(alert.user_id, "alerts", data)
-            for user_id in changes.users:
-                await self.publish(user_id, "portfolio", {"changed": True})
-        except Exception:  # a live update is best effort: the database already holds the truth
-            log.exception("publishing order updates failed")
+        """The connector's sink: store its events (in the order it produced them) and publish what changed."""
+        if events:
+            await self.applier.apply(events)
 
     # --- cancelling ------------------------------------------------------------------------------------------
 
@@ -430,14 +349,18 @@ class OrderManagementService:
         order = await self._own(principal.user_id, order_id)
         if OrderStatus(order.status) in TERMINAL_STATUSES:
             raise OrderNotCancelable(f"order {order_id} is {order.status}: only a working order can be cancelled")
-        async with self.paper.lock:
-            if self.paper.is_working(order.symbol, str(order.id)):
-                events = await self.paper.cancel(order.symbol, str(order.id))
-            else:
-                # Not on the venue (never sent, or lost with a restart): nothing can fill it any more.
-                events = [Cancelled(str(order.id), CancelReason.REQUESTED)]
-            await self.apply_events(events)
-        return await self.get_order(principal, order_id)
+        if self.paper.is_working(order.symbol, str(order.id)):
+            events = await self.paper.cancel(order.symbol, str(order.id))
+        else:
+            if order.id in self._sending:  # stored, on its way to the venue: it will be cancelled instead of sent
+                self._cancel_before_send.add(order.id)
+            # Not on the venue (never sent, finished meanwhile, or lost with a restart): nothing can fill it now.
+            events = [Cancelled(str(order.id), CancelReason.REQUESTED)]
+        changes = await self.applier.apply(events)
+        done = changes.orders.get(order.id) or await self._own(principal.user_id, order_id)
+        if done.status != OrderStatus.CANCELLED.value:
+            raise OrderNotCancelable(f"order {order_id} is {done.status}: only a working order can be cancelled")
+        return OrderOut.model_validate(done)
 
     async def cancel_all(self, principal: Principal, symbol: str | None) -> list[OrderOut]:
         async with self.database.session(principal.user_id, read_only=True) as session:
@@ -554,8 +477,7 @@ class OrderManagementService:
                 post_only=row.post_only,
             )
             restorable.setdefault(row.symbol, []).append(OpenOrder(request, row.filled_quantity, row.triggered_at))
-        async with self.paper.lock:
-            for symbol, orders in restorable.items():
-                self.paper.restore(symbol, orders)
-            await self.apply_events(orphans)
+        for symbol, orders in restorable.items():
+            self.paper.restore(symbol, orders)
+        await self.apply_events(orphans)
         return sum(len(o) for o in restorable.values())

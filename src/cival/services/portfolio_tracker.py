@@ -1,6 +1,6 @@
 """Positions, balances and the daily snapshot: updated by each fill, read by the portfolio endpoints.
 
-The write side (`apply_fill`, `release`, `reserve`, `record_snapshot`) runs inside the caller's transaction, so an
+The write side (`reserve`, `settle_fill`, `release`, `record_snapshot`) runs inside the caller's transaction, so an
 order, its trade, its position and its balances change together or not at all (the spec's `sync_portfolio_data`).
 Money arithmetic is `domain.portfolio`'s; this module loads and stores rows.
 """
@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cival.core.db import Database
 from cival.database.models import Balance, Order, PortfolioSnapshot, Position, Trade, TradingAccount
 from cival.domain import portfolio as pf
-from cival.domain.instruments import Instrument
 from cival.models.trading_models import PortfolioBalanceOut, PositionOut, SnapshotOut, SummaryOut
 
 _EIGHT = Decimal("0.00000001")
@@ -36,16 +35,7 @@ async def _balance(session: AsyncSession, account: uuid.UUID, user_id: uuid.UUID
         select(Balance).where(Balance.account_id == account, Balance.asset == asset).with_for_update()
     )
     if row is None:
-        row = Balance(
-            id=uuid.uuid4(),
-            user_id=user_id,
-            account_id=account,
-            asset=asset,
-            free=Decimal(0),
-            locked=Decimal(0),
-            total=Decimal(0),
-            exchange=exchange,
-        )
+        row = new_balance(user_id, account, asset, exchange)
         session.add(row)
     return row
 
@@ -64,27 +54,46 @@ async def reserve(session: AsyncSession, order: Order, asset: str, amount: Decim
     return row
 
 
-async def release(session: AsyncSession, order: Order, instrument: Instrument) -> Balance | None:
-    """Return what `order` still holds to free (on cancel, reject, or a completed fill's surplus)."""
-    if not order.reserved or order.account_id is None:
-        return None
-    asset = instrument.quote_asset if order.side == "buy" else instrument.base_asset
-    row = await _balance(session, order.account_id, order.user_id, asset, order.exchange)
-    _store(row, pf.release(pf.Balance(asset, row.free, row.locked), order.reserved))
-    order.reserved = Decimal(0)
-    return row
+def new_balance(user_id: uuid.UUID, account: uuid.UUID, asset: str, exchange: str) -> Balance:
+    return Balance(
+        id=uuid.uuid4(),
+        user_id=user_id,
+        account_id=account,
+        asset=asset,
+        free=Decimal(0),
+        locked=Decimal(0),
+        total=Decimal(0),
+        exchange=exchange,
+    )
 
 
-async def apply_fill(
-    session: AsyncSession, order: Order, instrument: Instrument, trade: Trade, is_complete: bool
-) -> tuple[Position, list[Balance]]:
-    """Settle one fill: balances out of the order's reservation, then the position."""
+def new_position(order: Order) -> Position:
     if order.account_id is None:
         raise ValueError(f"order {order.id} has no account")
-    base = await _balance(session, order.account_id, order.user_id, instrument.base_asset, order.exchange)
-    quote = await _balance(session, order.account_id, order.user_id, instrument.quote_asset, order.exchange)
+    return Position(
+        id=uuid.uuid4(),
+        user_id=order.user_id,
+        account_id=order.account_id,
+        symbol=order.symbol,
+        size=Decimal(0),
+        average_price=Decimal(0),
+        exchange=order.exchange,
+    )
+
+
+def release(order: Order, row: Balance) -> None:
+    """Return what `order` still holds to free (on cancel, reject, or a completed fill's surplus); `row` is the
+    balance of the asset the order reserved, locked by the caller's transaction."""
+    _store(row, pf.release(pf.Balance(row.asset, row.free, row.locked), order.reserved))
+    order.reserved = Decimal(0)
+
+
+def settle_fill(
+    order: Order, trade: Trade, is_complete: bool, base: Balance, quote: Balance, position: Position
+) -> None:
+    """Settle one fill on rows the caller's transaction locked: balances out of the order's reservation (a buy's is
+    in quote: cost and fee; a sell's in base: the quantity), then the position."""
     reserved = order.reserved
-    # A buy's reservation is in quote (cost and fee), a sell's in base (the quantity).
     is_buy = order.side == "buy"
     used = trade.quantity * trade.price + trade.fees if is_buy else trade.quantity
     still = Decimal(0) if is_complete else max(Decimal(0), reserved - used)
@@ -101,23 +110,6 @@ async def apply_fill(
     _store(base, new_base)
     _store(quote, new_quote)
     order.reserved = still
-
-    position = await session.scalar(
-        select(Position)
-        .where(Position.account_id == order.account_id, Position.symbol == order.symbol)
-        .with_for_update()
-    )
-    if position is None:
-        position = Position(
-            id=uuid.uuid4(),
-            user_id=order.user_id,
-            account_id=order.account_id,
-            symbol=order.symbol,
-            size=Decimal(0),
-            average_price=Decimal(0),
-            exchange=order.exchange,
-        )
-        session.add(position)
     side: pf.SideLiteral = "buy" if trade.side == "buy" else "sell"
     moved = pf.apply_trade(
         pf.Position(order.symbol, position.size, position.average_price, Decimal(0)),
@@ -129,8 +121,7 @@ async def apply_fill(
     position.size, position.average_price = moved.size, moved.average_price
     position.market_value = stored(moved.size * trade.price)
     position.unrealized_pnl = stored(pf.unrealized_pnl(moved, trade.price)) if moved.size else Decimal(0)
-    position.updated_at = datetime.now(UTC)
-    return position, [base, quote]
+    position.updated_at = trade.created_at
 
 
 async def _net_deposits(

@@ -1,0 +1,343 @@
+"""Stores a venue's events: the spec's `sync_portfolio_data`, batched, in the order the venue produced them.
+
+Every event a connector emits (fills, cancels, rejects, triggers) is queued here and applied by ONE task per
+process, so events are stored in exactly the order they were produced. The task takes whatever is queued (up to
+`max_batch` calls' worth) and applies it in ONE transaction: the orders involved, their balances and positions are
+loaded and locked with one query each (in id order, so two processes never deadlock), fills become `trades` (a
+trade id already stored is skipped, so a fill is never applied twice), the orders' totals, the balances, the
+positions and each touched user's snapshot for today change together, and the transaction commits. Then the
+callers are answered and one user message per change is published, in order.
+
+Batching is group commit: under load many orders share a transaction (a commit and a snapshot per user per batch
+instead of per fill); alone, a batch is one call. If a batch fails, its calls are retried one by one so a bad call
+fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cival.core.db import Database
+from cival.core.logging import get_logger
+from cival.database.models import Balance, Order, Position, RiskAlert, Trade
+from cival.domain.instruments import Instrument
+from cival.domain.matching import Cancelled, Event, Filled, Rejected, Triggered
+from cival.domain.orders import TERMINAL_STATUSES, OrderStatus, OrderType, quantize_stored, transition
+from cival.models.trading_models import OrderOut, TradeOut
+from cival.services.portfolio_tracker import new_balance, new_position, record_snapshot, release, settle_fill
+
+log = get_logger(__name__)
+
+UserPublisher = Callable[[uuid.UUID, str, Mapping[str, Any]], Awaitable[Any]]
+Prices = Callable[[], Awaitable[dict[str, Decimal]]]
+
+
+@dataclass
+class Changes:
+    """What one transaction changed, to answer callers and publish (each row once, in the order first changed)."""
+
+    orders: dict[uuid.UUID, Order] = field(default_factory=dict)
+    trades: list[Trade] = field(default_factory=list)
+    positions: dict[uuid.UUID, Position] = field(default_factory=dict)
+    balances: dict[uuid.UUID, Balance] = field(default_factory=dict)
+    alerts: list[RiskAlert] = field(default_factory=list)
+    users: set[uuid.UUID] = field(default_factory=set)
+
+
+@dataclass
+class _Loaded:
+    """The rows one batch works on, loaded and locked up front."""
+
+    orders: dict[uuid.UUID, Order]
+    balances: dict[tuple[uuid.UUID, str], Balance]
+    positions: dict[tuple[uuid.UUID, str], Position]
+    stored_trades: set[tuple[str, str]]
+    notional: dict[uuid.UUID, Decimal]
+
+
+_Call = tuple[list[Event], "asyncio.Future[Changes]"]
+
+
+class EventApplier:
+    def __init__(
+        self,
+        database: Database,
+        instrument: Callable[[str, str], Instrument],
+        prices: Prices,
+        starting_balances: dict[str, Decimal],
+        publish: UserPublisher,
+        *,
+        max_batch: int = 64,
+    ) -> None:
+        self.database = database
+        self.instrument = instrument
+        self.prices = prices
+        self.starting_balances = starting_balances
+        self.publish = publish
+        self.max_batch = max_batch
+        self._queue: list[_Call] = []
+        self._task: asyncio.Task[None] | None = None
+        self._last_ts = datetime.now(UTC)
+
+    async def apply(self, events: list[Event]) -> Changes:
+        """Queue `events` (synchronously, before the first await: queue order is call order) and wait until they
+        are stored; returns what their batch changed."""
+        future: asyncio.Future[Changes] = asyncio.get_running_loop().create_future()
+        self._queue.append((events, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain(), name="order-applier")
+        return await asyncio.shield(future)
+
+    async def close(self) -> None:
+        """Let queued work finish (shutdown)."""
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    # --- the single writer ---------------------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            try:
+                changes = await self._store([e for events, _ in batch for e in events])
+            except Exception as exc:
+                if len(batch) == 1:
+                    log.exception("storing venue events failed")
+                    _answer(batch[0][1], exc)
+                    continue
+                for events, future in batch:  # one by one, so a bad call fails alone
+                    try:
+                        one = await self._store(events)
+                    except Exception as one_exc:
+                        log.exception("storing venue events failed")
+                        _answer(future, one_exc)
+                        continue
+                    _answer(future, one)
+                    await self.publish_changes(one)
+                continue
+            for _, future in batch:
+                _answer(future, changes)
+            await self.publish_changes(changes)
+
+    def _now(self) -> datetime:
+        """Strictly increasing: trades fold in `created_at` order, and a batch stores many in the same microsecond."""
+        now = datetime.now(UTC)
+        self._last_ts = now if now > self._last_ts else self._last_ts + timedelta(microseconds=1)
+        return self._last_ts
+
+    async def _store(self, events: list[Event]) -> Changes:
+        changes = Changes()
+        if not events:
+            return changes
+        prices = await self.prices()
+        async with self.database.system_session() as session:
+            loaded = await self._load(session, events)
+            for event in events:
+                self._apply(session, loaded, event, changes)
+            await session.flush()
+            for user_id in sorted(changes.users):
+                await record_snapshot(session, user_id, prices, self.starting_balances)
+        return changes
+
+    async def _load(self, session: AsyncSession, events: list[Event]) -> _Loaded:
+        ids = sorted({uuid.UUID(e.order_id) for e in events})
+        orders = {
+            o.id: o
+            for o in (
+                await session.scalars(select(Order).where(Order.id.in_(ids)).order_by(Order.id).with_for_update())
+            ).all()
+        }
+        accounts = sorted({o.account_id for o in orders.values() if o.account_id is not None})
+        symbols = sorted({o.symbol for o in orders.values()})
+        balances: dict[tuple[uuid.UUID, str], Balance] = {}
+        positions: dict[tuple[uuid.UUID, str], Position] = {}
+        stored: set[tuple[str, str]] = set()
+        notional: dict[uuid.UUID, Decimal] = {}
+        fills = [e for e in events if isinstance(e, Filled)]
+        if accounts and any(isinstance(e, Filled | Cancelled | Rejected) for e in events):
+            for b in (
+                await session.scalars(
+                    select(Balance).where(Balance.account_id.in_(accounts)).order_by(Balance.id).with_for_update()
+                )
+            ).all():
+                balances[(b.account_id, b.asset)] = b
+        if not fills or not accounts:
+            return _Loaded(orders, balances, positions, stored, notional)
+        for p in (
+            await session.scalars(
+                select(Position)
+                .where(Position.account_id.in_(accounts), Position.symbol.in_(symbols))
+                .order_by(Position.id)
+                .with_for_update()
+            )
+        ).all():
+            positions[(p.account_id, p.symbol)] = p
+        trade_ids = sorted({e.fill.trade_id for e in fills})
+        rows = await session.execute(
+            select(Trade.exchange, Trade.external_trade_id).where(Trade.external_trade_id.in_(trade_ids))
+        )
+        stored = {(exchange, trade_id) for exchange, trade_id in rows.all() if trade_id is not None}
+        # The exact average needs the exact notional so far; an order with no fills yet has none to read.
+        earlier = sorted({o.id for o in orders.values() if o.filled_quantity > 0})
+        if earlier:
+            for order_id, quantity, price in (
+                await session.execute(
+                    select(Trade.order_id, Trade.quantity, Trade.price).where(Trade.order_id.in_(earlier))
+                )
+            ).all():
+                if order_id is not None:
+                    notional[order_id] = notional.get(order_id, Decimal(0)) + quantity * price
+        return _Loaded(orders, balances, positions, stored, notional)
+
+    def _balance(self, session: AsyncSession, loaded: _Loaded, order: Order, asset: str) -> Balance:
+        if order.account_id is None:
+            raise ValueError(f"order {order.id} has no account")
+        key = (order.account_id, asset)
+        row = loaded.balances.get(key)
+        if row is None:
+            row = loaded.balances[key] = new_balance(order.user_id, order.account_id, asset, order.exchange)
+            session.add(row)
+        return row
+
+    def _apply(self, session: AsyncSession, loaded: _Loaded, event: Event, changes: Changes) -> None:
+        order = loaded.orders.get(uuid.UUID(event.order_id))
+        if order is None:
+            log.error("event for an unknown order", order_id=event.order_id, kind=type(event).__name__)
+            return
+        status = OrderStatus(order.status)
+        if isinstance(event, Filled):
+            fill = event.fill
+            if (order.exchange, fill.trade_id) in loaded.stored_trades:
+                return  # this fill is stored already: never apply it twice
+            loaded.stored_trades.add((order.exchange, fill.trade_id))
+            filled = order.filled_quantity + fill.quantity
+            if filled > order.quantity:
+                raise ValueError(f"fill {fill.trade_id} would overfill order {order.id}")
+            new_status = transition(status, OrderStatus.FILLED if filled == order.quantity else OrderStatus.PARTIAL)
+            now = self._now()
+            trade = Trade(
+                id=uuid.uuid4(),
+                order_id=order.id,
+                user_id=order.user_id,
+                external_trade_id=fill.trade_id,
+                symbol=order.symbol,
+                side=order.side,
+                quantity=fill.quantity,
+                price=fill.price,
+                fees=fill.fee,
+                exchange=order.exchange,
+                executed_at=fill.ts,
+                created_at=now,
+            )
+            session.add(trade)
+            # Exact average from the fills: the stored average is rounded and must not carry its rounding on.
+            notional = loaded.notional.get(order.id, Decimal(0)) + fill.quantity * fill.price
+            loaded.notional[order.id] = notional
+            order.filled_quantity = filled
+            order.average_price = quantize_stored(notional / filled)
+            order.fees += fill.fee
+            order.status = new_status.value
+            instrument = self.instrument(order.exchange, order.symbol)
+            base = self._balance(session, loaded, order, instrument.base_asset)
+            quote = self._balance(session, loaded, order, instrument.quote_asset)
+            if order.account_id is None:
+                raise ValueError(f"order {order.id} has no account")
+            position = loaded.positions.get((order.account_id, order.symbol))
+            if position is None:
+                position = loaded.positions[(order.account_id, order.symbol)] = new_position(order)
+                session.add(position)
+            settle_fill(order, trade, new_status is OrderStatus.FILLED, base, quote, position)
+            changes.trades.append(trade)
+            changes.positions[position.id] = position
+            changes.balances[base.id] = base
+            changes.balances[quote.id] = quote
+        elif isinstance(event, Cancelled | Rejected):
+            if status in TERMINAL_STATUSES:
+                # A cancel that crossed the order's last fill: the fill won, there is nothing left to cancel.
+                log.info("cancel of a finished order ignored", order_id=str(order.id), status=order.status)
+                return
+            target = OrderStatus.CANCELLED if isinstance(event, Cancelled) else OrderStatus.REJECTED
+            order.status = transition(status, target).value
+            if isinstance(event, Rejected):
+                order.reject_reason = f"{event.reason}: {event.detail}"[:255]
+            if order.reserved:
+                instrument = self.instrument(order.exchange, order.symbol)
+                asset = instrument.quote_asset if order.side == "buy" else instrument.base_asset
+                row = self._balance(session, loaded, order, asset)
+                release(order, row)
+                changes.balances[row.id] = row
+        elif isinstance(event, Triggered):
+            if order.type != OrderType.STOP_LIMIT.value:
+                return
+            order.triggered_at = event.ts
+        else:  # Rested: the order works; nothing changes in storage
+            return
+        order.updated_at = self._now()
+        changes.orders[order.id] = order
+        changes.users.add(order.user_id)
+
+    async def publish_changes(self, changes: Changes) -> None:
+        """One message per changed row, in order; best effort (the database already holds the truth)."""
+        try:
+            for order in changes.orders.values():
+                await self.publish(order.user_id, "orders", OrderOut.model_validate(order).model_dump(mode="json"))
+            for trade in changes.trades:
+                await self.publish(trade.user_id, "trades", TradeOut.model_validate(trade).model_dump(mode="json"))
+            for position in changes.positions.values():
+                await self.publish(position.user_id, "positions", position_message(position))
+            for balance in changes.balances.values():
+                await self.publish(balance.user_id, "balances", balance_message(balance))
+            for alert in changes.alerts:
+                await self.publish(alert.user_id, "alerts", alert_message(alert))
+            for user_id in changes.users:
+                await self.publish(user_id, "portfolio", {"changed": True})
+        except Exception:
+            log.exception("publishing order updates failed")
+
+
+def _answer(future: asyncio.Future[Changes], outcome: Changes | BaseException) -> None:
+    if future.done():  # the caller went away
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def position_message(position: Position) -> dict[str, Any]:
+    return {
+        "account_id": str(position.account_id),
+        "symbol": position.symbol,
+        "size": format(position.size, "f"),
+        "average_price": format(position.average_price, "f"),
+    }
+
+
+def balance_message(balance: Balance) -> dict[str, Any]:
+    return {
+        "account_id": str(balance.account_id),
+        "asset": balance.asset,
+        "free": format(balance.free, "f"),
+        "locked": format(balance.locked, "f"),
+        "total": format(balance.total, "f"),
+    }
+
+
+def alert_message(alert: RiskAlert) -> dict[str, Any]:
+    return {
+        "id": str(alert.id),
+        "alert_type": alert.alert_type,
+        "severity": alert.severity,
+        "message": alert.message,
+        "data": alert.data,
+        "acknowledged": bool(alert.acknowledged),
+    }
