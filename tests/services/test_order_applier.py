@@ -1,0 +1,126 @@
+"""The order path's single writer: calls queued together share one transaction, in call order; a bad call fails alone.
+
+Resting limit orders are placed through the API (far from the market, so nothing fills them), then fills are handed
+to the writer directly, as the paper connector hands them on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select
+
+from cival.core.service_registry import ServiceRegistry
+from cival.database.models import Order, Position, Trade
+from cival.domain.matching import Cancelled, Filled
+from cival.domain.orders import CancelReason, Fill
+from cival.services.market_data_service import MarketDataService
+from tests.api._identity import ACCOUNTS, Identities
+
+START = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def market(registry: ServiceRegistry, clean_db: Any) -> MarketDataService:
+    service = registry.market_data
+    await service.start(run=False)
+    await service.become_leader(start_time=START)
+    await service.run_step()
+    return service
+
+
+@pytest.fixture
+async def ids(app: FastAPI) -> AsyncIterator[Identities]:
+    async with Identities(app) as kit:
+        yield kit
+
+
+async def _resting_buys(ids: Identities, registry: ServiceRegistry, count: int) -> list[str]:
+    """`count` GTC limit buys of 0.01 BTC at a tenth of the market: they rest and nothing fills them."""
+    user = await ids.new_user()
+    account = (await user.post(ACCOUNTS, json={"exchange": "paper"})).json()["id"]
+    book = registry.paper.engine("BTC/USDT").book
+    assert book is not None
+    price = (book.bids[0].price / 10).quantize(Decimal("0.01"))
+    out = []
+    for _ in range(count):
+        body = {
+            "account_id": account, "symbol": "BTC/USDT", "side": "buy", "type": "limit",
+            "quantity": "0.01", "price": str(price),
+        }  # fmt: skip
+        response = await user.post("/api/v1/orders", json=body)
+        assert response.status_code == 201, response.text
+        assert response.json()["status"] == "pending"
+        out.append(response.json()["id"])
+    return out
+
+
+def _fill(order_id: str, cumulative: str, quantity: str, price: Decimal) -> Filled:
+    fee = (Decimal(quantity) * price * Decimal("0.001")).quantize(Decimal("0.00000001"))
+    return Filled(order_id, Fill(f"{order_id}:{cumulative}", Decimal(quantity), price, fee, "maker", datetime.now(UTC)))
+
+
+async def _rows(registry: ServiceRegistry, order_ids: list[str]) -> dict[str, Order]:
+    async with registry.database.system_session(read_only=True) as session:
+        rows = await session.scalars(select(Order).where(Order.id.in_([uuid.UUID(i) for i in order_ids])))
+        return {str(o.id): o for o in rows.all()}
+
+
+async def test_calls_queued_together_share_one_transaction_in_call_order(
+    ids: Identities, registry: ServiceRegistry, market: MarketDataService
+) -> None:
+    a, b, c = await _resting_buys(ids, registry, 3)
+    price = (await _rows(registry, [a]))[a].price
+    assert price is not None
+    applier = registry.orders.applier
+    # Created together: all three are queued before the writer runs, so they form one batch.
+    calls = [
+        asyncio.ensure_future(applier.apply([_fill(a, "0.004", "0.004", price)])),
+        asyncio.ensure_future(applier.apply([_fill(a, "0.01", "0.006", price), _fill(b, "0.01", "0.01", price)])),
+        asyncio.ensure_future(applier.apply([Cancelled(c, CancelReason.REQUESTED)])),
+    ]
+    results = await asyncio.gather(*calls)
+    assert results[0] is results[1] is results[2]  # one transaction's changes answer every call of the batch
+    rows = await _rows(registry, [a, b, c])
+    assert (rows[a].status, rows[a].filled_quantity) == ("filled", Decimal("0.01"))
+    assert (rows[b].status, rows[c].status) == ("filled", "cancelled")
+    assert rows[a].reserved == rows[b].reserved == rows[c].reserved == 0
+    async with registry.database.system_session(read_only=True) as session:
+        trades = (await session.scalars(select(Trade).where(Trade.order_id == uuid.UUID(a)))).all()
+        position = await session.scalar(select(Position).where(Position.account_id == rows[a].account_id))
+    # Call order is storage order: the partial fill was stored before the fill that completed the order.
+    assert [t.quantity for t in sorted(trades, key=lambda t: t.created_at)] == [Decimal("0.004"), Decimal("0.006")]
+    assert position is not None
+    assert position.size == Decimal("0.02")
+
+
+async def test_a_bad_call_fails_alone_and_a_repeated_fill_is_stored_once(
+    ids: Identities, registry: ServiceRegistry, market: MarketDataService
+) -> None:
+    a, b = await _resting_buys(ids, registry, 2)
+    price = (await _rows(registry, [a]))[a].price
+    assert price is not None
+    applier = registry.orders.applier
+    calls = [
+        asyncio.ensure_future(applier.apply([_fill(a, "0.005", "0.005", price)])),
+        asyncio.ensure_future(applier.apply([_fill(b, "0.02", "0.02", price)])),  # more than the order: refused
+        asyncio.ensure_future(applier.apply([_fill(a, "0.005", "0.005", price)])),  # the same fill again
+    ]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(results[1], ValueError)
+    assert "overfill" in str(results[1])
+    assert not isinstance(results[0], BaseException)
+    assert not isinstance(results[2], BaseException)
+    rows = await _rows(registry, [a, b])
+    assert (rows[a].status, rows[a].filled_quantity) == ("partial", Decimal("0.005"))
+    assert (rows[b].status, rows[b].filled_quantity) == ("pending", Decimal(0))
+    async with registry.database.system_session(read_only=True) as session:
+        count = len((await session.scalars(select(Trade.id).where(Trade.order_id == uuid.UUID(a)))).all())
+    assert count == 1
