@@ -82,6 +82,7 @@ def settings(database_url: str, data_dir: Path) -> Settings:
         data_dir=data_dir,
         database_url=database_url,
         redis_url=TEST_REDIS_URL,
+        redis_prefix=f"cival-test:{uuid.uuid4().hex[:12]}:",  # runs sharing a Redis never hear each other
         log_json=True,
         log_db_flush_seconds=0.05,
         market_data_enabled=False,  # tests step the market themselves, so every price is known

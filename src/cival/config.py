@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite in data_dir.")
     database_pool_size: int = Field(default=10, ge=1, le=200)
     redis_url: str = Field(default="", description="redis:// URL; empty means in-process cache and pub/sub.")
+    redis_prefix: str = Field(
+        default="cival:",
+        min_length=1,
+        max_length=64,
+        description="Prefix of every Redis key and channel: deployments sharing one Redis use different prefixes.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
@@ -96,6 +102,12 @@ class Settings(BaseSettings):
     )
     market_seed: int = Field(default=42, description="Seed of the simulated market: same seed, same prices.")
     market_step_seconds: float = Field(default=1.0, gt=0, le=60, description="Simulated market step.")
+    order_route_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="How long a worker waits for the market-data leader to work a paper order before it is `unknown`.",
+    )
     ticker_persist_seconds: float = Field(default=5.0, gt=0, le=3600)
     book_snapshot_seconds: float = Field(default=60.0, gt=0, le=86400)
     book_retention_hours: float = Field(default=24.0, gt=0, le=24 * 365)

@@ -57,6 +57,7 @@ ALLOWED = {
     (F, X),
     (F, J),
     (F, UNK),
+    (UNK, P),
     (UNK, F),
     (UNK, X),
     (UNK, J),
@@ -115,10 +116,10 @@ def test_terminal_statuses_are_final_even_to_themselves(terminal: OrderStatus) -
             transition(terminal, new)
 
 
-def test_unknown_is_settled_by_reconciliation_but_never_returns_to_pending() -> None:
-    assert TRANSITIONS[UNK] == frozenset(OrderStatus) - {P}
-    with pytest.raises(IllegalTransition):
-        transition(UNK, P)
+def test_unknown_is_settled_by_the_venue_answer_including_working_again() -> None:
+    # A late answer that the order works (rests) makes it pending again; a fill, cancel or reject settles it.
+    assert TRANSITIONS[UNK] == frozenset(OrderStatus)
+    assert transition(UNK, P) is P
 
 
 def test_more_fills_keep_an_order_partial_but_pending_does_not_repeat() -> None:

@@ -64,16 +64,20 @@ class PaperExchange:
     ) -> None:
         self.engines: dict[str, MatchingEngine] = {}
         self.fee_rates: dict[str, tuple[Decimal, Decimal]] = {}
+        self._instruments: dict[str, Instrument] = {}
         for instrument in instruments:
             if instrument.exchange != PAPER:
                 continue
             maker, taker = (fee_rates or {}).get(instrument.symbol, (DEFAULT_MAKER_FEE_RATE, DEFAULT_TAKER_FEE_RATE))
             self.fee_rates[instrument.symbol] = (maker, taker)
+            self._instruments[instrument.symbol] = instrument
             self.engines[instrument.symbol] = MatchingEngine(
                 instrument, maker_fee_rate=maker, taker_fee_rate=taker, id_source=_unused_id
             )
         self.book_source = book_source
         self.sink: EventSink | None = None
+        self.active = False
+        """True in the one process that works paper orders (the market-data leader); others route to it."""
         self._working: dict[str, tuple[str, Decimal, Decimal]] = {}  # order id -> (symbol, quantity, filled)
 
     def engine(self, symbol: str) -> MatchingEngine:
@@ -98,6 +102,15 @@ class PaperExchange:
     def is_working(self, symbol: str, order_id: str) -> bool:
         engine = self.engines.get(symbol)
         return engine is not None and engine.is_working(order_id)
+
+    def reset(self) -> None:
+        """Forget every working order (before the books are rebuilt from storage)."""
+        for symbol, instrument in self._instruments.items():
+            maker, taker = self.fee_rates[symbol]
+            self.engines[symbol] = MatchingEngine(
+                instrument, maker_fee_rate=maker, taker_fee_rate=taker, id_source=_unused_id
+            )
+        self._working.clear()
 
     def restore(self, symbol: str, orders: list[OpenOrder]) -> None:
         """Rebuild one pair's resting book from storage (start-up, before any market step)."""

@@ -27,6 +27,7 @@ from cival.services.auth_service import AuthService
 from cival.services.credential_service import CredentialService
 from cival.services.market_data_service import MarketDataService
 from cival.services.order_management import OrderManagementService
+from cival.services.order_routing import OrderRoute
 from cival.services.portfolio_tracker import PortfolioTracker
 from cival.services.rate_limiter import RateLimiter
 from cival.services.risk_manager import RiskGate
@@ -109,7 +110,7 @@ class ServiceRegistry:
         self.database = Database(s)
         self._started.append("database")
 
-        self.cache = create_cache(s.redis_url)
+        self.cache = create_cache(s.redis_url, prefix=s.redis_prefix)
         self._started.append("cache")
         try:
             await self.cache.ping()
@@ -147,12 +148,12 @@ class ServiceRegistry:
             RiskGate(),
             self.usd_prices,
             s.paper_starting_balances,
+            OrderRoute(self.cache, market.instance_id, s.order_route_timeout_seconds),
         )
         self.portfolio = PortfolioTracker(self.database, self.usd_prices, s.paper_starting_balances)
         self._started.append("orders")
-        restored = await self.orders.reconcile()
-        if restored:
-            log.info("paper orders restored", count=restored)
+        # Whichever worker leads market data works paper orders: it rebuilds the books from the database first.
+        market.leadership_listeners.append(self.orders.on_leadership)
         market.listeners.append(self.paper.on_market)
 
         await self.market_data.start()
@@ -181,7 +182,7 @@ class ServiceRegistry:
                 elif name == "market_data":
                     await self.market_data.stop()
                 elif name == "orders":
-                    await self.orders.applier.close()
+                    await self.orders.close()
                 elif name == "log_sink":
                     await self.log_sink.stop()
                 elif name == "cache":

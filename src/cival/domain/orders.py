@@ -137,8 +137,16 @@ TRANSITIONS: Mapping[OrderStatus, frozenset[OrderStatus]] = MappingProxyType(
         OrderStatus.PARTIAL: frozenset(
             {OrderStatus.PARTIAL, OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.UNKNOWN}
         ),
+        # The venue answered after all: working (pending), or what it did with the order.
         OrderStatus.UNKNOWN: frozenset(
-            {OrderStatus.PARTIAL, OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.UNKNOWN}
+            {
+                OrderStatus.PENDING,
+                OrderStatus.PARTIAL,
+                OrderStatus.FILLED,
+                OrderStatus.CANCELLED,
+                OrderStatus.REJECTED,
+                OrderStatus.UNKNOWN,
+            }
         ),
         OrderStatus.FILLED: frozenset(),
         OrderStatus.CANCELLED: frozenset(),

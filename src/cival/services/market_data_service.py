@@ -177,6 +177,8 @@ class MarketDataService:
         self.publish: Any = None  # set by the registry: async (channel, data) -> None
         # Called on the leader after each source's step with (exchange, events): the paper exchange matches on them.
         self.listeners: list[Callable[[str, list[Any]], Awaitable[None]]] = []
+        # Called with True when this instance starts leading and False when it stops (the paper exchange follows).
+        self.leadership_listeners: list[Callable[[bool], Awaitable[None]]] = []
 
     # --- life cycle ------------------------------------------------------------------------------------
 
@@ -197,6 +199,7 @@ class MarketDataService:
                 if await self.cache.get(LEADER_KEY) == self.instance_id.encode():
                     await self.cache.delete(LEADER_KEY)
             self.is_leader = False
+            await self._tell_leadership(False)
 
     async def _seed_pairs(self) -> None:
         rows = [
@@ -236,6 +239,7 @@ class MarketDataService:
                 elif self.is_leader:
                     log.warning("lost market data leadership", instance=self.instance_id)
                     self.is_leader = False
+                    await self._tell_leadership(False)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -308,6 +312,14 @@ class MarketDataService:
         self._last_ticker_write = self._last_snapshot_write = 0.0
         self.is_leader = True
         log.info("leading market data", instance=self.instance_id, pairs=len(self._feeds))
+        await self._tell_leadership(True)
+
+    async def _tell_leadership(self, leading: bool) -> None:
+        for listener in self.leadership_listeners:
+            try:
+                await listener(leading)
+            except Exception:
+                log.exception("leadership listener failed", leading=leading)
 
     async def _replay_source(self, start: datetime) -> ReplaySource:
         """The replay of a stored candle series onto the paper pair of the same symbol."""

@@ -279,6 +279,9 @@ class EventApplier:
             if order.type != OrderType.STOP_LIMIT.value:
                 return
             order.triggered_at = event.ts
+        elif status is OrderStatus.UNKNOWN:  # Rested: the venue answered after all, the order works
+            working = OrderStatus.PARTIAL if order.filled_quantity else OrderStatus.PENDING
+            order.status = transition(status, working).value
         else:  # Rested: the order works; nothing changes in storage
             return
         order.updated_at = self._now()

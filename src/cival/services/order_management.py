@@ -13,10 +13,12 @@ none is given, so concurrent identical requests race on the unique index and exa
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
@@ -31,7 +33,7 @@ from cival.core.logging import get_logger
 from cival.database.models import Order, Trade, TradingAccount
 from cival.domain import portfolio as pf
 from cival.domain.instruments import Instrument
-from cival.domain.matching import Cancelled, Event, OpenOrder, OrderRequest
+from cival.domain.matching import Cancelled, Event, OpenOrder, OrderRequest, Rested
 from cival.domain.orders import (
     TERMINAL_STATUSES,
     CancelReason,
@@ -46,6 +48,7 @@ from cival.domain.orders import (
 from cival.models.trading_models import OrderIn, OrderOut, OrderPage, TradeOut, TradePage
 from cival.services.auth_service import Principal
 from cival.services.order_applier import Changes, EventApplier, UserPublisher
+from cival.services.order_routing import OrderRoute, VenueUnavailable
 from cival.services.portfolio_tracker import reserve
 from cival.services.risk_manager import RiskGate, RiskRefused
 from cival.services.websocket_manager import publish_user
@@ -101,8 +104,14 @@ class OrderManagementService:
         risk: RiskGate,
         prices: Callable[[], Awaitable[dict[str, Decimal]]],
         starting_balances: dict[str, Decimal],
+        route: OrderRoute,
+        *,
+        sweep_seconds: float = 10.0,
     ) -> None:
         self.database = database
+        self.route = route
+        self.sweep_seconds = sweep_seconds
+        self._sweeper: asyncio.Task[None] | None = None
         self.cache = cache
         self.instrument = instruments
         self.paper = paper
@@ -220,8 +229,7 @@ class OrderManagementService:
             self._sending.discard(order.id)
             raise
         # The order is stored and acknowledged: now, and only now, it goes to the venue.
-        changes = await self._send(order, instrument)
-        return OrderOut.model_validate(changes.orders.get(order.id, order))
+        return await self._send(order, instrument)
 
     async def _account_exchange(self, user_id: uuid.UUID, account_id: uuid.UUID) -> str:
         """The account's exchange (immutable, so remembered); whether it is active is checked when storing."""
@@ -300,43 +308,123 @@ class OrderManagementService:
         _, amount = pf.required_reservation("buy", order.type, order.quantity, bound, rate)  # type: ignore[arg-type]
         return instrument.quote_asset, amount
 
-    async def _send(self, order: Order, instrument: Instrument) -> Changes:
-        request = OrderRequest(
-            order_id=str(order.id),
-            side=OrderSide(order.side),
-            type=OrderType(order.type),
-            quantity=order.quantity,
-            time_in_force=TimeInForce(order.time_in_force),
-            ts=order.created_at,
-            price=order.price,
-            stop_price=order.stop_price,
-            post_only=order.post_only,
-        )
+    async def _send(self, order: Order, instrument: Instrument) -> OrderOut:
+        if not self.paper.active:  # another worker leads the paper exchange: it works the order
+            self._sending.discard(order.id)
+            return await self._route_submit(order)
         try:
             if order.id in self._cancel_before_send:
                 events: list[Event] = [Cancelled(str(order.id), CancelReason.REQUESTED)]
             else:
-                events = await self.paper.submit(instrument.symbol, request)
+                events = await self.paper.submit(instrument.symbol, _request(order))
         except (TimeoutError, ConnectorTimeout, ConnectionError) as exc:
             # The venue may or may not hold the order: unknown, never rejected (reconciliation decides).
             log.warning("order send timed out; outcome unknown", order_id=str(order.id), error=str(exc))
-            return await self._mark_unknown(order.id)
+            return await self._mark_unknown(order)
         finally:
             self._sending.discard(order.id)
             self._cancel_before_send.discard(order.id)
         # No await between the venue's answer and `apply` queueing it: events are stored in the venue's order.
-        return await self.applier.apply(events)
+        changes = await self.applier.apply(events)
+        return OrderOut.model_validate(changes.orders.get(order.id, order))
 
-    async def _mark_unknown(self, order_id: uuid.UUID) -> Changes:
+    async def _route_submit(self, order: Order) -> OrderOut:
+        reply = await self.route.request("submit", order.id)
+        if reply is not None and "order" in reply:
+            return OrderOut.model_validate(reply["order"])
+        log.warning("no answer from the paper exchange; outcome unknown", order_id=str(order.id), reply=reply)
+        return await self._mark_unknown(order)
+
+    async def _mark_unknown(self, order: Order) -> OrderOut:
+        """Unknown, unless the venue answered meanwhile (a late answer wins: it is what happened)."""
         changes = Changes()
         async with self.database.system_session() as session:
-            row = await session.get(Order, order_id, with_for_update=True)
-            if row is not None:
+            row = await session.get(Order, order.id, with_for_update=True)
+            if row is None:
+                return OrderOut.model_validate(order)
+            if row.status == OrderStatus.PENDING.value:
                 row.status = transition(OrderStatus(row.status), OrderStatus.UNKNOWN).value
                 changes.orders[row.id] = row
                 changes.users.add(row.user_id)
         await self.applier.publish_changes(changes)
-        return changes
+        return OrderOut.model_validate(row)
+
+    # --- the process that works paper orders (the market-data leader) ---------------------------------------
+
+    async def on_leadership(self, leading: bool) -> None:
+        """Become (or stop being) the process that works paper orders."""
+        if leading:
+            self.paper.active = False  # while the books are rebuilt, nothing reaches the engines
+            await self.reconcile()
+            self.paper.active = True
+            await self.route.serve(self.work)
+            if self._sweeper is None or self._sweeper.done():
+                self._sweeper = asyncio.create_task(self._sweep(), name="unknown-order-sweep")
+        else:
+            self.paper.active = False
+            await self.route.stop_serving()
+            await self._stop_sweeper()
+            self.paper.reset()
+
+    async def work(self, op: str, order_id: uuid.UUID) -> dict[str, Any]:
+        """Another worker's request: submit or cancel one stored order here; answers with the order as stored."""
+        async with self.database.system_session(read_only=True) as session:
+            row = await session.get(Order, order_id)
+        if row is None:
+            return {"error": "not_found", "detail": f"order {order_id} not found"}
+        if op == "submit":
+            if row.status in (OrderStatus.PENDING.value, OrderStatus.UNKNOWN.value) and not self.paper.is_working(
+                row.symbol, str(row.id)
+            ):
+                changes = await self.applier.apply(await self.paper.submit(row.symbol, _request(row)))
+                row = changes.orders.get(row.id, row)
+        elif op == "cancel":
+            row = await self._cancel_here(row)
+        else:
+            return {"error": "bad_request", "detail": f"unknown operation {op!r}"}
+        return {"order": OrderOut.model_validate(row).model_dump(mode="json")}
+
+    async def settle_unknown(self, older_than: float) -> int:
+        """Cancel paper orders left unknown for `older_than` seconds that are not on the engines: the request that
+        would have worked them never arrived. Returns how many were settled."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
+        async with self.database.system_session(read_only=True) as session:
+            rows = (
+                await session.execute(
+                    select(Order.id, Order.symbol).where(
+                        Order.exchange == "paper",
+                        Order.status == OrderStatus.UNKNOWN.value,
+                        Order.updated_at < cutoff,
+                    )
+                )
+            ).all()
+        lost: list[Event] = [
+            Cancelled(str(i), CancelReason.REQUESTED) for i, symbol in rows if not self.paper.is_working(symbol, str(i))
+        ]
+        await self.apply_events(lost)
+        return len(lost)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_seconds)
+            try:
+                settled = await self.settle_unknown(older_than=2 * self.route.timeout)
+                if settled:
+                    log.info("unknown paper orders settled", count=settled)
+            except Exception:
+                log.exception("settling unknown orders failed")
+
+    async def _stop_sweeper(self) -> None:
+        task, self._sweeper = self._sweeper, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def close(self) -> None:
+        await self._stop_sweeper()
+        await self.route.close()
+        await self.applier.close()
 
     async def apply_events(self, events: list[Event]) -> None:
         """The connector's sink: store its events (in the order it produced them) and publish what changed."""
@@ -349,6 +437,20 @@ class OrderManagementService:
         order = await self._own(principal.user_id, order_id)
         if OrderStatus(order.status) in TERMINAL_STATUSES:
             raise OrderNotCancelable(f"order {order_id} is {order.status}: only a working order can be cancelled")
+        if self.paper.active:
+            done = OrderOut.model_validate(await self._cancel_here(order))
+        else:
+            reply = await self.route.request("cancel", order.id)
+            if reply is None or "order" not in reply:
+                raise VenueUnavailable(
+                    f"the paper exchange did not answer: order {order_id} is unchanged; retry the cancel"
+                )
+            done = OrderOut.model_validate(reply["order"])
+        if done.status != OrderStatus.CANCELLED.value:
+            raise OrderNotCancelable(f"order {order_id} is {done.status}: only a working order can be cancelled")
+        return done
+
+    async def _cancel_here(self, order: Order) -> Order:
         if self.paper.is_working(order.symbol, str(order.id)):
             events = await self.paper.cancel(order.symbol, str(order.id))
         else:
@@ -357,10 +459,11 @@ class OrderManagementService:
             # Not on the venue (never sent, finished meanwhile, or lost with a restart): nothing can fill it now.
             events = [Cancelled(str(order.id), CancelReason.REQUESTED)]
         changes = await self.applier.apply(events)
-        done = changes.orders.get(order.id) or await self._own(principal.user_id, order_id)
-        if done.status != OrderStatus.CANCELLED.value:
-            raise OrderNotCancelable(f"order {order_id} is {done.status}: only a working order can be cancelled")
-        return OrderOut.model_validate(done)
+        found = changes.orders.get(order.id)
+        if found is not None:
+            return found
+        async with self.database.system_session(read_only=True) as session:
+            return await session.get(Order, order.id) or order
 
     async def cancel_all(self, principal: Principal, symbol: str | None) -> list[OrderOut]:
         async with self.database.session(principal.user_id, read_only=True) as session:
@@ -434,7 +537,7 @@ class OrderManagementService:
     # --- restart safety --------------------------------------------------------------------------------------
 
     async def reconcile(self) -> int:
-        """Rebuild the paper books from the database; settle paper orders that cannot be working any more.
+        """Rebuild the paper books from the database (from scratch); settle paper orders that cannot be working.
 
         Resting limits, waiting stops and triggered stop-limits go back on their engine (with what they filled).
         A paper order that cannot rest (a market/IOC/FOK order stored but never answered: the process died between
@@ -465,19 +568,27 @@ class OrderManagementService:
             if not rests or row.symbol not in self.paper.engines:
                 orphans.append(Cancelled(str(row.id), CancelReason.REQUESTED))
                 continue
-            request = OrderRequest(
-                order_id=str(row.id),
-                side=OrderSide(row.side),
-                type=OrderType(row.type),
-                quantity=row.quantity,
-                time_in_force=TimeInForce(row.time_in_force),
-                ts=row.created_at,
-                price=row.price,
-                stop_price=row.stop_price,
-                post_only=row.post_only,
+            restorable.setdefault(row.symbol, []).append(
+                OpenOrder(_request(row), row.filled_quantity, row.triggered_at)
             )
-            restorable.setdefault(row.symbol, []).append(OpenOrder(request, row.filled_quantity, row.triggered_at))
+            if row.status == OrderStatus.UNKNOWN.value:  # it is working after all
+                orphans.append(Rested(str(row.id)))
+        self.paper.reset()
         for symbol, orders in restorable.items():
             self.paper.restore(symbol, orders)
         await self.apply_events(orphans)
         return sum(len(o) for o in restorable.values())
+
+
+def _request(order: Order) -> OrderRequest:
+    return OrderRequest(
+        order_id=str(order.id),
+        side=OrderSide(order.side),
+        type=OrderType(order.type),
+        quantity=order.quantity,
+        time_in_force=TimeInForce(order.time_in_force),
+        ts=order.created_at,
+        price=order.price,
+        stop_price=order.stop_price,
+        post_only=order.post_only,
+    )
