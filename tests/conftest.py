@@ -86,6 +86,7 @@ def settings(database_url: str, data_dir: Path) -> Settings:
         log_json=True,
         log_db_flush_seconds=0.05,
         market_data_enabled=False,  # tests step the market themselves, so every price is known
+        portfolio_snapshot_seconds=0,  # every fill rewrites today's snapshot, so a test can check it at once
     )
 
 

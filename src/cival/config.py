@@ -102,6 +102,12 @@ class Settings(BaseSettings):
     )
     market_seed: int = Field(default=42, description="Seed of the simulated market: same seed, same prices.")
     market_step_seconds: float = Field(default=1.0, gt=0, le=60, description="Simulated market step.")
+    portfolio_snapshot_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=3600,
+        description="Today's portfolio snapshot is rewritten at most this often per user (0: after every fill).",
+    )
     order_route_timeout_seconds: float = Field(
         default=5.0,
         gt=0,

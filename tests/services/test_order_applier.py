@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from cival.core.service_registry import ServiceRegistry
-from cival.database.models import Order, Position, Trade
+from cival.database.models import Order, PortfolioSnapshot, Position, Trade
 from cival.domain.matching import Cancelled, Filled
 from cival.domain.orders import CancelReason, Fill
 from cival.services.market_data_service import MarketDataService
@@ -124,3 +124,35 @@ async def test_a_bad_call_fails_alone_and_a_repeated_fill_is_stored_once(
     async with registry.database.system_session(read_only=True) as session:
         count = len((await session.scalars(select(Trade.id).where(Trade.order_id == uuid.UUID(a)))).all())
     assert count == 1
+
+
+async def test_snapshots_trail_a_burst_by_at_most_the_interval_and_are_never_lost(
+    ids: Identities, registry: ServiceRegistry, market: MarketDataService
+) -> None:
+    (a,) = await _resting_buys(ids, registry, 1)
+    row = (await _rows(registry, [a]))[a]
+    assert row.price is not None
+    price, user_id = row.price, row.user_id
+    applier = registry.orders.applier
+
+    async def snapshot_value() -> Decimal:
+        async with registry.database.system_session(read_only=True) as session:
+            snap = await session.scalar(select(PortfolioSnapshot).where(PortfolioSnapshot.user_id == user_id))
+        assert snap is not None
+        return snap.total_value
+
+    async def current_value() -> Decimal:
+        return (await registry.portfolio.summary(user_id)).total_value
+
+    applier.snapshot_seconds = 3600.0
+    try:
+        await applier.apply([_fill(a, "0.004", "0.004", price)])
+        first = await snapshot_value()  # the user's first snapshot is written at once
+        assert first == await current_value()
+        await applier.apply([_fill(a, "0.01", "0.006", price)])
+        assert await snapshot_value() == first  # within the interval: owed, not written yet
+        assert await current_value() != first
+        await applier.flush_snapshots()  # what the timer (or shutdown) does
+        assert await snapshot_value() == await current_value()
+    finally:
+        applier.snapshot_seconds = 0.0

@@ -149,6 +149,7 @@ class ServiceRegistry:
             self.usd_prices,
             s.paper_starting_balances,
             OrderRoute(self.cache, market.instance_id, s.order_route_timeout_seconds),
+            snapshot_seconds=s.portfolio_snapshot_seconds,
         )
         self.portfolio = PortfolioTracker(self.database, self.usd_prices, s.paper_starting_balances)
         self._started.append("orders")

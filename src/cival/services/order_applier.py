@@ -16,6 +16,9 @@ fails alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -77,6 +80,7 @@ class EventApplier:
         publish: UserPublisher,
         *,
         max_batch: int = 64,
+        snapshot_seconds: float = 0.0,
     ) -> None:
         self.database = database
         self.instrument = instrument
@@ -87,20 +91,47 @@ class EventApplier:
         self._queue: list[_Call] = []
         self._task: asyncio.Task[None] | None = None
         self._last_ts = datetime.now(UTC)
+        self.snapshot_seconds = snapshot_seconds
+        self._snapshotted: dict[uuid.UUID, float] = {}  # user -> when today's snapshot was last written (monotonic)
+        self._owed: set[uuid.UUID] = set()  # users whose snapshot is behind their rows
+        self._timer: asyncio.TimerHandle | None = None
 
-    async def apply(self, events: list[Event]) -> Changes:
+    async def apply(self, events: list[Event], *, force_snapshots: bool = False) -> Changes:
         """Queue `events` (synchronously, before the first await: queue order is call order) and wait until they
         are stored; returns what their batch changed."""
         future: asyncio.Future[Changes] = asyncio.get_running_loop().create_future()
+        if force_snapshots:
+            self._snapshotted.clear()
         self._queue.append((events, future))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._drain(), name="order-applier")
         return await asyncio.shield(future)
 
     async def close(self) -> None:
-        """Let queued work finish (shutdown)."""
+        """Let queued work finish and write the snapshots still owed (shutdown)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.snapshot_seconds = 0.0
+        if self._owed:
+            with contextlib.suppress(Exception):
+                await self.apply([])
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
+
+    async def flush_snapshots(self) -> None:
+        """Write every owed snapshot now (the timer does this `snapshot_seconds` after a deferred one)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._owed:
+            await self.apply([], force_snapshots=True)
+
+    def _snapshot_later(self) -> None:
+        self._timer = None
+        if self._owed:
+            future = asyncio.ensure_future(self.apply([]))
+            future.add_done_callback(_quiet)
 
     # --- the single writer ---------------------------------------------------------------------------------------
 
@@ -136,17 +167,32 @@ class EventApplier:
 
     async def _store(self, events: list[Event]) -> Changes:
         changes = Changes()
-        if not events:
+        if not events and not self._owed:
             return changes
         prices = await self.prices()
         async with self.database.system_session() as session:
-            loaded = await self._load(session, events)
-            for event in events:
-                self._apply(session, loaded, event, changes)
-            await session.flush()
-            for user_id in sorted(changes.users):
+            if events:
+                loaded = await self._load(session, events)
+                for event in events:
+                    self._apply(session, loaded, event, changes)
+                await session.flush()
+            due = self._due(changes.users)
+            for user_id in due:
                 await record_snapshot(session, user_id, prices, self.starting_balances)
+        written = time.monotonic()
+        for user_id in due:
+            self._snapshotted[user_id] = written
+            self._owed.discard(user_id)
+        if self._owed and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.snapshot_seconds, self._snapshot_later)
         return changes
+
+    def _due(self, changed: set[uuid.UUID]) -> list[uuid.UUID]:
+        """Users whose snapshot is written in this transaction: at most one write per user per `snapshot_seconds`
+        (the rest are owed, and written by the timer): under a burst of fills the snapshot trails by that much."""
+        self._owed |= changed
+        now = time.monotonic()
+        return sorted(u for u in self._owed if now - self._snapshotted.get(u, -math.inf) >= self.snapshot_seconds)
 
     async def _load(self, session: AsyncSession, events: list[Event]) -> _Loaded:
         ids = sorted({uuid.UUID(e.order_id) for e in events})
@@ -305,6 +351,11 @@ class EventApplier:
                 await self.publish(user_id, "portfolio", {"changed": True})
         except Exception:
             log.exception("publishing order updates failed")
+
+
+def _quiet(future: asyncio.Future[Changes]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("writing owed snapshots failed", error=str(future.exception()))
 
 
 def _answer(future: asyncio.Future[Changes], outcome: Changes | BaseException) -> None:

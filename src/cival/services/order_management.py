@@ -107,6 +107,7 @@ class OrderManagementService:
         route: OrderRoute,
         *,
         sweep_seconds: float = 10.0,
+        snapshot_seconds: float = 0.0,
     ) -> None:
         self.database = database
         self.route = route
@@ -119,7 +120,12 @@ class OrderManagementService:
         self.prices = prices
         self.starting_balances = starting_balances
         self.applier = EventApplier(
-            database, instruments, prices, starting_balances, functools.partial(publish_user, cache)
+            database,
+            instruments,
+            prices,
+            starting_balances,
+            functools.partial(publish_user, cache),
+            snapshot_seconds=snapshot_seconds,
         )
         paper.sink = self.apply_events
         self._accounts: dict[tuple[uuid.UUID, uuid.UUID], str] = {}  # (user, account) -> exchange: never changes
