@@ -54,6 +54,19 @@ def _password_bytes(password: str) -> bytes:
     return password.encode("utf-8", "surrogatepass")
 
 
+def _dummy_hash(hasher: PasswordHasher) -> str:
+    """A hash in the encoded form, with the hasher's parameters and a random salt and digest, so verifying against it
+    costs what a real verify costs. Made without hashing: it would add an Argon2 run to every start-up."""
+
+    def b64(size: int) -> str:
+        return base64.b64encode(secrets.token_bytes(size)).decode().rstrip("=")
+
+    return (
+        f"$argon2id$v={ARGON2_VERSION}$m={hasher.memory_cost},t={hasher.time_cost},p={hasher.parallelism}"
+        f"${b64(hasher.salt_len)}${b64(hasher.hash_len)}"
+    )
+
+
 class Passwords:
     """Argon2id hashing and verification; refuses parameters below OWASP's minimum."""
 
@@ -68,8 +81,7 @@ class Passwords:
         self._hasher = PasswordHasher(
             time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism, type=Type.ID
         )
-        # Hashed once with the current parameters, so a dummy verify costs what a real one costs.
-        self._dummy_hash = self._hasher.hash(secrets.token_bytes(32))
+        self._dummy_hash = _dummy_hash(self._hasher)
 
     def hash(self, password: str) -> str:
         """Hash a password with a fresh random salt."""

@@ -15,7 +15,7 @@ from cival import __version__
 from cival.config import Settings
 from cival.connectors.paper import PaperExchange
 from cival.core.cache import Cache, create_cache
-from cival.core.db import Database, check_reachable, redact_url
+from cival.core.db import Database
 from cival.core.exceptions import ServiceUnavailable, StartupError
 from cival.core.logging import DatabaseLogSink, get_logger
 from cival.core.metrics import Metrics
@@ -36,29 +36,9 @@ from cival.services.websocket_manager import WebSocketManager, make_resolver, pu
 log = get_logger(__name__)
 
 
-_CURRENT: set[str] = set()
-"""Database URLs this process has already found reachable and current (the CLI checks before uvicorn starts)."""
-
-
 async def ensure_database(settings: Settings) -> None:
     """Reachable and current: the embedded SQLite upgrades itself, PostgreSQL must be migrated first."""
-    url = settings.effective_database_url
-    if url in _CURRENT:
-        return
-    await check_reachable(url)
-    current, head = await migrate.current_revision(url), migrate.head_revision()
-    if current == head:
-        _CURRENT.add(url)
-        return
-    if settings.is_sqlite:
-        await migrate.upgrade(url)
-        log.info("database migrated", revision=head, url=redact_url(url))
-        _CURRENT.add(url)
-        return
-    raise StartupError(
-        f"the database schema is at revision {current or '(empty)'} but this Cival needs {head}: "
-        "run `cival db upgrade` first"
-    )
+    await migrate.ensure_current(settings)
 
 
 def load_keyring(settings: Settings) -> tuple[KeyRing, Callable[[], KeyRing] | None]:

@@ -1,7 +1,8 @@
 """Run and inspect Alembic migrations: the only way Cival's schema is made.
 
 Alembic is imported only when a migration actually runs: checking that a database is current is one query, so
-start-up stays fast.
+start-up stays fast. Nor does this module import the service stack: `cival serve` checks the database with it before
+importing the app.
 """
 
 from __future__ import annotations
@@ -13,10 +14,16 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from cival.core.db import make_engine
+from cival.core.db import check_reachable, make_engine, redact_url
+from cival.core.exceptions import StartupError
+from cival.core.logging import get_logger
 
 if TYPE_CHECKING:
     from alembic.config import Config
+
+    from cival.config import Settings
+
+log = get_logger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 HEAD_REVISION = "0004"
@@ -58,6 +65,31 @@ async def current_revision(url: str) -> str | None:
                 return None
     finally:
         await engine.dispose()
+
+
+_CURRENT: set[str] = set()
+"""Database URLs this process has already found reachable and current (the CLI checks before uvicorn starts)."""
+
+
+async def ensure_current(settings: Settings) -> None:
+    """Reachable and current: the embedded SQLite upgrades itself, PostgreSQL must be migrated first."""
+    url = settings.effective_database_url
+    if url in _CURRENT:
+        return
+    await check_reachable(url)
+    current, head = await current_revision(url), head_revision()
+    if current == head:
+        _CURRENT.add(url)
+        return
+    if settings.is_sqlite:
+        await upgrade(url)
+        log.info("database migrated", revision=head, url=redact_url(url))
+        _CURRENT.add(url)
+        return
+    raise StartupError(
+        f"the database schema is at revision {current or '(empty)'} but this Cival needs {head}: "
+        "run `cival db upgrade` first"
+    )
 
 
 async def upgrade(url: str, revision: str = "head") -> None:
