@@ -7,10 +7,16 @@
 2. The ceiling, same database, same run, after the server stopped: per order ONE transaction that inserts an order
    and a trade, upserts a position and updates two balances, issued with raw SQL (sqlite3 via aiosqlite on SQLite,
    asyncpg on PostgreSQL) from 8 concurrent clients, each on its own account.
-3. `--gate`: orders/s with the pre-trade risk gate (`RiskGate`) configured vs a gate that is not there. The gate is
-   a no-op until the risk issue lands, so the two must agree within noise: a placeholder for that issue's figure.
+3. `--gate` (the risk issue): the cost of the pre-trade risk gate. One server child, the same user and accounts,
+   batches of orders with every limit type configured (`GATE_LIMITS`, sized so none refuses: the gate does all its
+   work), with no limits at all (the gate still reads the user's standing to learn that), and with the gate taken
+   out of the order path (`/bench/gate`), in a symmetric order so the growing tables weigh on all alike. Target: the
+   gate costs < 15% of throughput (issue: all limits vs none; also shown: vs no gate). Throughput is wall clock;
+   the server's CPU time per order is printed beside it, since other load on the machine moves the first. On SQLite,
+   and on PostgreSQL when configured (with Redis as the cache when `CIVAL_BENCH_REDIS_URL=redis://host:6379/0`).
 
-Targets (issue 5): at least 40% of the raw rate on PostgreSQL, p99 under 50 ms.
+Targets (issue 5): at least 40% of the raw rate on PostgreSQL, p99 under 50 ms. Sections 1 and 2 run with the
+platform's default risk limits, except `order_rate`, raised so the benchmark's burst is not refused.
 
 Run: `.venv/bin/python -m benchmarks.orders [--gate] [--profile] [--sections]` from the repository root.
 PostgreSQL is measured too when `CIVAL_BENCH_DATABASE_URL=postgresql://user@host:port/any` is set (a scratch
@@ -50,27 +56,20 @@ SYMBOL = "BTC/USDT"
 QUANTITY = "0.0002"
 PROFILE_ORDERS = 600
 BENCH_DB = os.environ.get("CIVAL_BENCH_DATABASE_URL", "")
+BENCH_REDIS = os.environ.get("CIVAL_BENCH_REDIS_URL", "")  # --gate on PostgreSQL: Redis as the cache, when set
 
 
 # --- the server child ---------------------------------------------------------------------------------------
 
 
 def child(port: int) -> None:
-    """The real app under uvicorn; `BENCH_NO_GATE=1` swaps the risk gate out, `BENCH_PROFILE=file` runs cProfile."""
+    """The real app under uvicorn (plus `/bench/cpu` and `/bench/gate`); `BENCH_PROFILE=file` runs cProfile."""
     import uvicorn
 
     from cival.app import create_app
 
-    if os.environ.get("BENCH_NO_GATE") == "1":
-        from cival.core import service_registry
-
-        class NoGate:
-            async def check(self, order: object) -> None:
-                return None
-
-        service_registry.RiskGate = NoGate  # type: ignore[attr-defined,assignment]
-
     app = create_app()
+    _gate_routes(app)
     if os.environ.get("BENCH_SECTIONS") == "1":
         _time_sections(app)
     profile_to = os.environ.get("BENCH_PROFILE")
@@ -96,6 +95,31 @@ def child(port: int) -> None:
 
     app.include_router(router)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def _gate_routes(app: Any) -> None:
+    """`GET /bench/cpu`: the server process's CPU seconds so far (threads included), which other load on the machine
+    does not distort the way it distorts wall-clock rates. `POST /bench/gate?on=false` takes the risk gate out of the
+    order path (`on=true` puts it back), so the gate's whole cost is measured on the same server and data."""
+    from fastapi import APIRouter
+
+    router = APIRouter()
+
+    @router.get("/bench/cpu")
+    async def cpu() -> dict[str, float]:
+        return {"cpu": time.process_time()}
+
+    class NoGate:
+        async def check(self, order: Any, instrument: Any, reference_price: Any) -> None:
+            return None
+
+    @router.post("/bench/gate")
+    async def gate(on: bool) -> dict[str, bool]:
+        registry = app.state.registry
+        registry.orders.risk = registry.risk if on else NoGate()
+        return {"on": on}
+
+    app.include_router(router)
 
 
 SECTIONS: dict[str, list[float]] = {}
@@ -204,7 +228,45 @@ async def place_orders(base: str, token: str, accounts: list[str], total: int) -
     return Run(total / elapsed, statistics.median(latencies) * 1000, p99 * 1000, statuses)
 
 
-async def set_up(base: str) -> tuple[str, list[str], str]:
+GATE_LIMITS = {
+    "order_notional": "50000",
+    "position_size": "100000",
+    "daily_loss": "5000",
+    "leverage": "2",
+    "order_rate": "1000000000",
+    "open_orders": "200",
+    "price_collar": "50",
+}
+"""Every limit type, at the defaults where there is one, none of them refusing the benchmark's small market orders."""
+
+
+async def configure_limits(client: httpx.AsyncClient, headers: dict[str, str], mode: str) -> None:
+    """`defaults`: the platform's defaults, order_rate raised; `all`: every limit type (plus a per-symbol one and the
+    automatic kill switch trip); `none`: no limits at all."""
+    r = await client.get("/api/v1/risk/limits", headers=headers)
+    assert r.status_code == 200, r.text
+    existing = r.json()
+    if mode == "defaults":
+        rate = next(limit for limit in existing if limit["limit_type"] == "order_rate")
+        r = await client.patch(
+            f"/api/v1/risk/limits/{rate['id']}", json={"limit_value": GATE_LIMITS["order_rate"]}, headers=headers
+        )
+        assert r.status_code == 200, r.text
+        return
+    for limit in existing:
+        r = await client.delete(f"/api/v1/risk/limits/{limit['id']}", headers=headers)
+        assert r.status_code == 204, r.text
+    wanted = [{"limit_type": t, "limit_value": v} for t, v in GATE_LIMITS.items()] if mode == "all" else []
+    if mode == "all":
+        wanted.append({"limit_type": "position_size", "symbol": SYMBOL, "limit_value": "200000"})
+    for body in wanted:
+        r = await client.post("/api/v1/risk/limits", json=body, headers=headers)
+        assert r.status_code == 201, r.text
+    r = await client.post("/api/v1/risk/kill-switch", json={"trip_on_daily_loss": mode == "all"}, headers=headers)
+    assert r.status_code == 200, r.text
+
+
+async def set_up(base: str, limits: str = "defaults") -> tuple[str, list[str], str]:
     """Register a trader, open one paper account per client, wait for the market's book. Token, accounts, user."""
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         email, password = f"bench-{uuid.uuid4().hex[:8]}@example.com", "benchmark-password"
@@ -221,6 +283,7 @@ async def set_up(base: str) -> tuple[str, list[str], str]:
             )
             assert r.status_code == 201, r.text
             accounts.append(r.json()["id"])
+        await configure_limits(client, headers, limits)
         r = await client.get("/api/v1/users/me", headers=headers)
         user_id = r.json()["id"] if r.status_code == 200 else ""
         deadline = time.monotonic() + 30
@@ -501,17 +564,76 @@ def _user_id(database_url: str, data_dir: str) -> str:
     return asyncio.run(go())
 
 
-def gate_section() -> None:
-    rates: dict[str, Run] = {}
-    for label, extra in (("gate configured (RiskGate)", {}), ("no gate", {"BENCH_NO_GATE": "1"})):
-        with tempfile.TemporaryDirectory() as tmp:
-            from cival.database import migrate
+GATE_BATCHES = ("none", "all", "removed", "removed", "all", "none") * 2
 
-            asyncio.run(migrate.upgrade(f"sqlite+aiosqlite:///{tmp}/cival.sqlite3"))
-            rates[label] = http_run(tmp, "", ORDERS // 2, extra)[0]
-    print("\nrisk gate (placeholder: RiskGate.check is a no-op until the risk issue), SQLite")
-    for label, run in rates.items():
-        print(f"{label:<44} {run.rate:>9.0f} {run.p50_ms:>8.2f} {run.p99_ms:>8.2f}")
+
+def gate_runs(data_dir: str, database_url: str) -> tuple[dict[str, list[Run]], dict[str, list[float]]]:
+    """Batches with all limits, with none, and with the gate taken out, on one server (see the module docstring);
+    also the server's CPU milliseconds per order of each batch."""
+    runs: dict[str, list[Run]] = {"all": [], "none": [], "removed": []}
+    cpu: dict[str, list[float]] = {"all": [], "none": [], "removed": []}
+    extra = {"CIVAL_REDIS_URL": BENCH_REDIS} if database_url and BENCH_REDIS else {}
+    with serve("benchmarks.orders", server_env(data_dir, database_url, extra)) as base:
+
+        async def go() -> None:
+            token, accounts, _ = await set_up(base, "none")
+            await place_orders(base, token, accounts, WARMUP)
+            async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+                for mode in GATE_BATCHES:
+                    (await client.post("/bench/gate", params={"on": mode != "removed"})).raise_for_status()
+                    limits = "none" if mode == "removed" else mode
+                    await configure_limits(client, {"Authorization": f"Bearer {token}"}, limits)
+                    before = (await client.get("/bench/cpu")).json()["cpu"]
+                    runs[mode].append(await place_orders(base, token, accounts, ORDERS))
+                    cpu[mode].append(((await client.get("/bench/cpu")).json()["cpu"] - before) / ORDERS * 1000)
+
+        asyncio.run(go())
+    return runs, cpu
+
+
+@contextmanager
+def scratch_or_sqlite(data_dir: str, *, postgres: bool) -> Iterator[str]:
+    """A fresh database: a scratch one on CIVAL_BENCH_DATABASE_URL's server (its URL), or a migrated SQLite ("")."""
+    if postgres:
+        with scratch_postgres(BENCH_DB) as url:
+            yield url
+        return
+    from cival.database import migrate
+
+    asyncio.run(migrate.upgrade(f"sqlite+aiosqlite:///{data_dir}/cival.sqlite3"))
+    yield ""
+
+
+def gate_section() -> None:
+    postgres_label = "PostgreSQL" + (" + Redis" if BENCH_REDIS else "")
+    for label, postgres in [("SQLite", False)] + ([(postgres_label, True)] if BENCH_DB else []):
+        with tempfile.TemporaryDirectory() as tmp, scratch_or_sqlite(tmp, postgres=postgres) as url:
+            runs, cpu = gate_runs(tmp, url)
+        rate = {mode: statistics.median(r.rate for r in batch) for mode, batch in runs.items()}
+        cpu_ms = {mode: statistics.median(v) for mode, v in cpu.items()}
+        print(
+            f"\nrisk gate, {label}: {ORDERS} market orders x{CONCURRENCY} clients per batch, batches "
+            f"{'/'.join(GATE_BATCHES)} on one server (medians)"
+        )
+        print(f"{'what':<36} {'orders/s':>9} {'vs none':>8} {'p50 ms':>8} {'p99 ms':>8} {'server CPU ms/order':>20}")
+        print("(orders/s is wall clock: other load on the machine moves it; CPU per order is what the gate adds)")
+        names = {"all": "all 7 limit types configured", "none": "no limits configured", "removed": "gate removed"}
+        for mode, batch in runs.items():
+            p50 = statistics.median(r.p50_ms for r in batch)
+            p99 = max(r.p99_ms for r in batch)
+            per_order = f"{cpu_ms[mode]:.2f}"
+            print(
+                f"{names[mode]:<36} {rate[mode]:>9.0f} {rate[mode] / rate['none']:>8.2f} {p50:>8.2f} {p99:>8.2f} "
+                f"{per_order:>20}"
+            )
+        for base_mode, what in (("none", "no limits"), ("removed", "no gate")):
+            cost = 1 - rate["all"] / rate[base_mode]
+            cpu_cost = 1 - cpu_ms[base_mode] / cpu_ms["all"]  # one worker is CPU bound: rate ~ 1 / CPU per order
+            verdict = "MET" if cpu_cost < 0.15 else "NOT MET"
+            print(
+                f"  every limit vs {what}: the gate costs {cost:.1%} of throughput (wall clock), {cpu_cost:.1%} of "
+                f"server CPU per order; target < 15% (by CPU): {verdict}"
+            )
 
 
 def profile_section() -> None:

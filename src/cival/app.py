@@ -8,7 +8,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from cival import __version__
-from cival.api import accounts, auth, credentials, market_data, orders, portfolio, system, users, ws
+from cival.api import (
+    accounts,
+    auth,
+    credentials,
+    market_data,
+    notifications,
+    orders,
+    portfolio,
+    risk,
+    system,
+    users,
+    ws,
+)
 from cival.api.errors import install_error_handlers
 from cival.api.middleware import RequestIdMiddleware
 from cival.config import Settings, get_settings
@@ -41,7 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=registry.metrics)
     app.add_middleware(RequestIdMiddleware)
-    for module in (system, auth, users, credentials, accounts, market_data, orders, portfolio, ws):
+    routers = (system, auth, users, credentials, accounts, market_data, orders, portfolio, risk, notifications, ws)
+    for module in routers:
         app.include_router(module.router)
     return app
 

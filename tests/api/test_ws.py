@@ -177,6 +177,7 @@ async def test_revoked_session_is_closed_with_4401(start_server: StartServer, re
         assert await request(socket, {"op": "subscribe", "channels": ["orders"]}) == {
             "type": "subscribed",
             "channels": ["orders"],
+            "seq": 0,  # the user's newest event number: nothing published yet
         }
         await registry.auth.logout(await registry.auth.authenticate(user.token))
         while (reply := await recv(socket))["type"] == "heartbeat":

@@ -25,6 +25,8 @@ from cival.database.models import (
     ApiRateLimit,
     Balance,
     Base,
+    NotificationDelivery,
+    NotificationWebhook,
     Order,
     PortfolioSnapshot,
     Position,
@@ -62,6 +64,8 @@ USER_OWNED_TABLES = (
     "trading_limits",
     "system_logs",
     "api_rate_limits",
+    "notification_webhooks",  # beyond the spec: migration 0005
+    "notification_deliveries",
 )
 """Written out by hand, so that a table added to the policy list (or dropped from it) is a visible change."""
 
@@ -80,6 +84,7 @@ class Owner:
     strategy_id: uuid.UUID = field(default_factory=uuid.uuid4)
     agent_id: uuid.UUID = field(default_factory=uuid.uuid4)
     order_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    webhook_id: uuid.UUID = field(default_factory=uuid.uuid4)
     rows: dict[str, set[uuid.UUID]] = field(default_factory=dict)
 
 
@@ -167,6 +172,14 @@ def _row(table: str, owner: Owner, tag: str) -> Base:
             return SystemLog(user_id=uid, level="INFO", module="tests.rls", message=f"log {tag}")
         case "api_rate_limits":
             return ApiRateLimit(user_id=uid, endpoint="/api/x", window_start=_NOW, window_duration_seconds=60)
+        case "notification_webhooks":
+            return NotificationWebhook(
+                user_id=uid, url=f"https://{tag}.example.com/hook", secret_encrypted="s", event_types=["trades"]
+            )
+        case "notification_deliveries":
+            return NotificationDelivery(
+                user_id=uid, webhook_id=owner.webhook_id, event_id=uuid.uuid4(), event_type="trades"
+            )
     raise AssertionError(f"no row factory for {table}")
 
 
@@ -183,6 +196,13 @@ async def _create_owner(session: AsyncSession, name: str) -> Owner:
                 id=owner.strategy_id, user_id=uid, name=f"strategy {name}", strategy_type="grid", parameters={}
             ),
             TradingAgent(id=owner.agent_id, user_id=uid, name=f"agent {name}", agent_type="llm", configuration={}),
+            NotificationWebhook(
+                id=owner.webhook_id,
+                user_id=uid,
+                url=f"https://{name}.example.com/main",
+                secret_encrypted="s",
+                event_types=["alerts"],
+            ),
         ]
     )
     await session.flush()
@@ -220,6 +240,7 @@ async def _create_owner(session: AsyncSession, name: str) -> Owner:
         "trading_strategies": {owner.strategy_id},
         "trading_agents": {owner.agent_id},
         "orders": {owner.order_id},
+        "notification_webhooks": {owner.webhook_id},
     }
     for row in rows:
         owner.rows.setdefault(str(row.__tablename__), set()).add(row.id)  # type: ignore[attr-defined]

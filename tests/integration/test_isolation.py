@@ -116,12 +116,37 @@ async def _a_user(world: World) -> str:
     return world.a_user_id
 
 
+async def _a_limit(world: World) -> str:
+    body = {"limit_type": "order_notional", "symbol": "BTC/USDT", "limit_value": "1000000"}
+    return await _created(await world.a.post("/api/v1/risk/limits", json=body))
+
+
+async def _a_alert(world: World) -> str:
+    # Engaging and releasing the kill switch each raise an alert, and leave A free to trade.
+    for active in (True, False):
+        response = await world.a.post("/api/v1/risk/kill-switch", json={"active": active})
+        assert response.status_code == 200, response.text
+    response = await world.a.get("/api/v1/risk/alerts")
+    assert response.status_code == 200, response.text
+    alert_id: str = response.json()["items"][0]["id"]
+    return alert_id
+
+
+async def _a_webhook(world: World) -> str:
+    # Loopback on the discard port: nothing listens, so a delivery attempt fails at once and goes nowhere.
+    body = {"url": "http://127.0.0.1:9/cival", "event_types": ["trades"]}
+    return await _created(await world.a.post("/api/v1/notifications/webhooks", json=body))
+
+
 FACTORIES: dict[str, Callable[[World], Awaitable[str]]] = {
     "credential_id": _a_credential,
     "account_id": _a_account,
     "order_id": _a_order,
     "session_id": _a_session,
     "user_id": _a_user,
+    "limit_id": _a_limit,
+    "alert_id": _a_alert,
+    "webhook_id": _a_webhook,
 }
 """Path-parameter name -> how A gets an object of that kind through the API. A new `*_id` route adds its kind here."""
 

@@ -538,7 +538,7 @@ async def test_revoked_session_is_disconnected(
 ) -> None:
     manager = make_manager(heartbeat_seconds=0.02, reauthenticate_seconds=0.05)
     client = await connect(manager)
-    assert await client.subscribe("orders") == {"type": "subscribed", "channels": ["orders"]}
+    assert await client.subscribe("orders") == {"type": "subscribed", "channels": ["orders"], "seq": 0}
     del tokens.valid["token-alice"]
     while (reply := await client.socket.recv())["type"] == "heartbeat":
         pass

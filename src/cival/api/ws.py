@@ -6,14 +6,17 @@ close code 4401 with the code as reason.
 
 Client messages (JSON text):
 - `{"op":"subscribe","channels":[...]}` -> `{"type":"subscribed","channels":[...]}`; all or nothing: one unknown
-  name and none is subscribed (`{"type":"error","error":"unknown_channel","detail":...,"channels":[<unknown>]}`)
+  name and none is subscribed (`{"type":"error","error":"unknown_channel","detail":...,"channels":[<unknown>]}`).
+  When it subscribes user channels the reply carries `"seq"`, the caller's newest event number; with
+  `"since":N` the events after N on those channels are replayed first (`"replayed":<count>` in the reply), or
+  `{"type":"resync","reason":"too_old"|"expired"|"ahead"|"unavailable",...}` follows it (docs/api.md, D30-D31)
 - `{"op":"unsubscribe","channels":[...]}` -> `{"type":"unsubscribed","channels":[...]}`
 - `{"op":"ping"}` -> `{"type":"pong"}`
 
 Channels: `ticker:<exchange>:<symbol>`, `book:<exchange>:<symbol>`, `candles:<exchange>:<symbol>:<timeframe>`, and
 the caller's own `orders`, `trades`, `positions`, `balances`, `portfolio`, `alerts`; at most 100 per connection.
 
-Server frames: `{"type":"update","channel":...,"data":{...}}` (and `"seq"` where the channel numbers its updates),
+Server frames: `{"type":"update","channel":...,"data":{...}}` (and `"seq"`: per user on user channels),
 `{"type":"heartbeat","ts":...}` when the connection is otherwise quiet (a client never waits more than 15 s for a
 frame), and errors `invalid_json`, `invalid_message`, `unknown_channel`, `too_many_channels`, which leave the
 connection open (so does `service_unavailable` when a subscription cannot start). Close codes: 4401 not

@@ -26,10 +26,12 @@ from cival.services.account_service import AccountService
 from cival.services.auth_service import AuthService
 from cival.services.credential_service import CredentialService
 from cival.services.market_data_service import MarketDataService
+from cival.services.notification_service import NotificationService
 from cival.services.order_management import OrderManagementService
 from cival.services.order_routing import OrderRoute
 from cival.services.portfolio_tracker import PortfolioTracker
 from cival.services.rate_limiter import RateLimiter
+from cival.services.risk_limits import RiskLimitService
 from cival.services.risk_manager import RiskGate
 from cival.services.websocket_manager import WebSocketManager, make_resolver, publish_public
 
@@ -76,7 +78,10 @@ class ServiceRegistry:
     websockets: WebSocketManager
     paper: PaperExchange
     orders: OrderManagementService
+    notifications: NotificationService
     portfolio: PortfolioTracker
+    risk: RiskGate
+    risk_limits: RiskLimitService
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -120,28 +125,43 @@ class ServiceRegistry:
         self.paper = PaperExchange(
             market.instruments.values(), book_source=lambda symbol: market.latest_book("paper", symbol)
         )
+        self.risk = RiskGate(self.database, self.cache, market.instruments, self.usd_prices, s.paper_starting_balances)
         self.orders = OrderManagementService(
             self.database,
             self.cache,
             market.instrument,
             self.paper,
-            RiskGate(),
+            self.risk,
             self.usd_prices,
             s.paper_starting_balances,
             OrderRoute(self.cache, market.instance_id, s.order_route_timeout_seconds),
             snapshot_seconds=s.portfolio_snapshot_seconds,
         )
+        # The one publisher of user events: numbered and kept for resume, live on every worker, fills and alerts to
+        # the user's webhooks (in the background).
+        self.notifications = NotificationService(self.database, self.cache, self.credentials.cipher, env=s.env)
+        await self.notifications.start()
+        self._started.append("notifications")
+        self.orders.publish = self.notifications.publish
+        # The gate cancels through the order service and publishes through whatever publisher it has at the time.
+        self.risk.cancel_all = self.orders.cancel_all
+        self.risk.publish = lambda user_id, channel, data: self.orders.publish(user_id, channel, data)
+        self.risk_limits = RiskLimitService(self.risk)
         self.portfolio = PortfolioTracker(self.database, self.usd_prices, s.paper_starting_balances)
         self._started.append("orders")
         # Whichever worker leads market data works paper orders: it rebuilds the books from the database first.
         market.leadership_listeners.append(self.orders.on_leadership)
         market.listeners.append(self.paper.on_market)
+        market.listeners.append(self.risk.on_market)  # automatic kill switch trips on daily loss
 
         await self.market_data.start()
         self._started.append("market_data")
 
         self.websockets = WebSocketManager(
-            self.cache, self.auth.authenticate, make_resolver(self.market_data.validate_public_channel)
+            self.cache,
+            self.auth.authenticate,
+            make_resolver(self.market_data.validate_public_channel),
+            stream=self.notifications.stream,
         )
         self._started.append("websockets")
 
@@ -162,6 +182,8 @@ class ServiceRegistry:
                     await self.websockets.close()
                 elif name == "market_data":
                     await self.market_data.stop()
+                elif name == "notifications":
+                    await self.notifications.close()
                 elif name == "orders":
                     await self.orders.close()
                 elif name == "log_sink":

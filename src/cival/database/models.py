@@ -453,3 +453,56 @@ class ExchangeStatus(Base):
     response_time_ms: Mapped[int | None] = mapped_column(Integer)
     error_message: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = _updated_at()
+
+
+# --- Beyond the spec: webhook notifications (migration 0005, docs/decisions.md D33) ------------------------
+
+
+class NotificationWebhook(Base):
+    """A user's webhook endpoint: where fills and alerts are POSTed, signed with the user's secret."""
+
+    __tablename__ = "notification_webhooks"
+
+    id: Mapped[uuid.UUID] = _id()
+    user_id: Mapped[uuid.UUID] = _owner()
+    url: Mapped[str] = mapped_column(String(2048), nullable=False)
+    secret_encrypted: Mapped[str] = mapped_column(Text, nullable=False)
+    event_types: Mapped[list[str]] = mapped_column(JSONType, nullable=False)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    status: Mapped[str] = mapped_column(String(20), default="active", server_default="active")
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_failure_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = _updated_at()
+
+
+Index("idx_notification_webhooks_user", NotificationWebhook.user_id)
+
+
+class NotificationDelivery(Base):
+    """One event sent (or being sent) to one webhook: the recent history a user sees."""
+
+    __tablename__ = "notification_deliveries"
+
+    id: Mapped[uuid.UUID] = _id()
+    webhook_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("notification_webhooks.id", ondelete="CASCADE"), nullable=False
+    )
+    user_id: Mapped[uuid.UUID] = _owner()
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
+    event_type: Mapped[str] = mapped_column(String(50), nullable=False)
+    status: Mapped[str] = mapped_column(String(20), default="pending", server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created_at()
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+Index(
+    "idx_notification_deliveries_webhook_created",
+    NotificationDelivery.webhook_id,
+    NotificationDelivery.created_at.desc(),
+)

@@ -30,7 +30,13 @@ OWNED_BY_USER_ID = (
 )
 """Tables with a `user_id` column: a row is visible to the user it names."""
 
-RLS_TABLES = ("users", *OWNED_BY_USER_ID, "trading_signals")
+INITIAL_RLS_TABLES = ("users", *OWNED_BY_USER_ID, "trading_signals")
+"""What migration 0002 protects (`enable_statements`)."""
+
+NOTIFICATION_TABLES = ("notification_webhooks", "notification_deliveries")
+"""Owned by `user_id` too; created and protected by migration 0005 (`owner_policy_statements`)."""
+
+RLS_TABLES = (*INITIAL_RLS_TABLES, *NOTIFICATION_TABLES)
 
 AUTH_UID = [
     "CREATE SCHEMA IF NOT EXISTS auth",
@@ -106,19 +112,23 @@ def enable_statements() -> list[str]:
         "AND (agent_id IS NULL OR EXISTS "
         "(SELECT 1 FROM trading_agents a WHERE a.id = agent_id AND a.user_id = auth.uid()))"
     )
-    for table in RLS_TABLES:
-        pred = predicates[table]
-        stmts += [
-            f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
-            f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY",
-            f'CREATE POLICY "{policy_name(table)}" ON {table} FOR ALL USING ({pred}) WITH CHECK ({pred})',
-        ]
+    for table in INITIAL_RLS_TABLES:
+        stmts += owner_policy_statements(table, predicates[table])
     return stmts
+
+
+def owner_policy_statements(table: str, predicate: str = "user_id = auth.uid()") -> list[str]:
+    """Row-level security on `table`, enabled and forced, with one policy: rows matching `predicate`."""
+    return [
+        f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
+        f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY",
+        f'CREATE POLICY "{policy_name(table)}" ON {table} FOR ALL USING ({predicate}) WITH CHECK ({predicate})',
+    ]
 
 
 def disable_statements() -> list[str]:
     stmts: list[str] = []
-    for table in RLS_TABLES:
+    for table in INITIAL_RLS_TABLES:
         stmts += [
             f'DROP POLICY IF EXISTS "{policy_name(table)}" ON {table}',
             f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY",

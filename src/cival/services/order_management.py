@@ -217,7 +217,7 @@ class OrderManagementService:
                 if not active:
                     raise AccountInactive(f"account {body.account_id} is deactivated: reactivate it to trade")
                 session.add(order)
-                await reserve(session, order, asset, amount)
+                locked = await reserve(session, order, asset, amount)
         except IntegrityError:
             self._sending.discard(order.id)
             if client_order_id is None:
@@ -234,6 +234,11 @@ class OrderManagementService:
         except BaseException:
             self._sending.discard(order.id)
             raise
+        # Stored (pending, funds locked): one message per change, before anything the venue does with it.
+        stored = Changes()
+        stored.orders[order.id] = order
+        stored.balances[locked.id] = locked
+        await self.applier.publish_changes(stored)
         # The order is stored and acknowledged: now, and only now, it goes to the venue.
         return await self._send(order, instrument)
 

@@ -1,23 +1,78 @@
-"""The pre-trade risk gate (the risk issue fills it in; every order already passes through it).
+"""The pre-trade risk gate: limits, the kill switch and risk alerts (the spec's risk_manager).
 
 Contract with the order path (`services/order_management.py`):
 
 - `RiskGate.check(order, instrument, reference_price)` runs for every order from every source, after the order is
   validated against its pair and before anything is stored or sent. It raises `RiskRefused` to refuse the order.
+  It may engage the kill switch (automatic trip on a daily loss breach), which cancels the user's working orders
+  through `cancel_all`: the order path must not hold the paper exchange's lock or a write transaction around it.
 - On a refusal the order path stores the order as `rejected` (reason `risk:<limit_type>: <detail>`), calls
   `RiskGate.record_refusal(session, order, refusal)` in the SAME transaction (it writes the `risk_alerts` row and
-  returns it), publishes the order and the alert, and answers 422 with the refusal.
+  returns it), publishes the order and the alert, and answers 422 with the refusal (503 when a check could not run).
+
+Everything the configured limits need (the limits, the kill switch, positions, working orders, balances, the start
+of day) is read in ONE query; prices come from the tickers in the cache, and the order rate is a cache counter.
+The arithmetic is `domain.risk`'s. Limits management, the kill switch endpoints and alerts are in
+`services/risk_limits.py`.
 """
 
 from __future__ import annotations
 
+import functools
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from decimal import Decimal
+from typing import Any
 
+from sqlalchemy import Date, Integer, String, Uuid, bindparam, case, cast, func, literal_column, null, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import CompoundSelect
+from sqlalchemy.types import TypeEngine
 
-from cival.core.exceptions import ValidationFailed
-from cival.database.models import Order, RiskAlert
+from cival.core.cache import Cache
+from cival.core.db import READ_ONLY, Database
+from cival.core.exceptions import ServiceUnavailable, ValidationFailed
+from cival.core.logging import get_logger
+from cival.database.models import (
+    Balance,
+    Money,
+    Order,
+    PortfolioSnapshot,
+    Position,
+    RiskAlert,
+    TradingAccount,
+    TradingLimit,
+    User,
+)
+from cival.database.types import UTCDateTime
+from cival.domain import risk
 from cival.domain.instruments import Instrument
+from cival.domain.orders import TERMINAL_STATUSES, OrderStatus
+from cival.domain.risk import DEFAULT_LIMITS, KILL_SWITCH, KILL_SWITCH_ON_DAILY_LOSS, Breach, Limit, LimitType
+from cival.services import audit
+from cival.services.auth_service import Principal
+
+log = get_logger(__name__)
+
+Prices = Callable[[], Awaitable[dict[str, Decimal]]]
+UserPublisher = Callable[[uuid.UUID, str, Mapping[str, Any]], Awaitable[Any]]
+CancelAll = Callable[[Principal, str | None], Awaitable[Sequence[Any]]]
+
+WORKING = tuple(s.value for s in OrderStatus if s not in TERMINAL_STATUSES)
+ALERT_TYPES = {
+    LimitType.DAILY_LOSS.value: "drawdown_limit",
+    LimitType.POSITION_SIZE.value: "position_risk",
+    LimitType.LEVERAGE.value: "position_risk",
+    KILL_SWITCH: "kill_switch",
+}
+"""The alert type of a refusal by each limit (the spec's types, extended); any other limit: `order_limit`."""
+RATE_WINDOW_SECONDS = 60
+PRICES_REUSE_SECONDS = 0.25
+_LIMIT_TYPES = frozenset(t.value for t in LimitType)
+_LOCK_NAMESPACE = 0x5249534B  # "RISK": the first key of the two-key advisory lock that serialises one user's limits
 
 
 class RiskRefused(ValidationFailed):
@@ -33,6 +88,7 @@ class RiskRefused(ValidationFailed):
         limit_value: Decimal | None = None,
         attempted_value: Decimal | None = None,
         severity: str = "medium",
+        limit_id: uuid.UUID | None = None,
     ) -> None:
         super().__init__(
             detail,
@@ -44,15 +100,436 @@ class RiskRefused(ValidationFailed):
         self.limit_value = limit_value
         self.attempted_value = attempted_value
         self.severity = severity
+        self.limit_id = limit_id
+
+    @classmethod
+    def of(cls, breach: Breach) -> RiskRefused:
+        return cls(
+            breach.limit_type,
+            breach.detail,
+            limit_value=breach.limit_value,
+            attempted_value=breach.attempted_value,
+            severity=breach.severity,
+            limit_id=breach.limit_id,
+        )
+
+
+class RiskCheckUnavailable(RiskRefused):
+    """A configured check needs a service that is down (the cache): the gate fails closed and says so (503)."""
+
+    status_code = 503
+    code = "risk_check_unavailable"
+
+
+# --- what the gate reads -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Loaded:
+    """A user's limits and standing as read in one query (before prices are applied)."""
+
+    limits: list[Limit] = field(default_factory=list)
+    kill_switch: bool | None = None  # None: the user has no risk rows yet (defaults not created)
+    trip_on_daily_loss: bool = False
+    positions: dict[tuple[uuid.UUID, str], Decimal] = field(default_factory=dict)
+    working: list[risk.WorkingOrder] = field(default_factory=list)
+    balances: dict[str, Decimal] = field(default_factory=dict)
+    previous_snapshot: tuple[date, Decimal] | None = None
+    account_openings: list[datetime] = field(default_factory=list)
+
+    def standing(self, deposit_per_account: Decimal) -> risk.Standing:
+        start = risk.start_of_day_value(self.previous_snapshot, self.account_openings, deposit_per_account)
+        return risk.Standing(self.positions, tuple(self.working), self.balances, start)
+
+
+def _row(kind: str, **cols: Any) -> list[Any]:
+    """One branch of the union: every branch has the same typed columns, NULL where it has nothing to say."""
+    types: dict[str, TypeEngine[Any]] = {
+        "symbol": String(50),
+        "key": String(50),
+        "ref": Uuid(),
+        "a": Money,
+        "b": Money,
+        "c": Money,
+        "at": UTCDateTime(),
+        "day": Date(),
+        "flag": Integer(),
+    }
+    out: list[Any] = [literal_column(f"'{kind}'", String(1)).label("kind")]
+    for name, type_ in types.items():
+        value = cols.get(name)
+        out.append((cast(null(), type_) if value is None else value).label(name))
+    return out
+
+
+def standing_query(*, of_symbol: bool) -> CompoundSelect[Any]:
+    """The user's limits, positions (of the `symbol` parameter, or all), working orders, balances, last snapshot
+    before `today` and paper accounts: one round trip. Parameters `user_id`, `today` (and `symbol`).
+
+    Built once per shape and reused: building and hashing a statement this size costs more than running it.
+    """
+    user_id, today = bindparam("user_id", type_=Uuid()), bindparam("today", type_=Date())
+    limits = select(
+        *_row(
+            "l",
+            symbol=TradingLimit.symbol,
+            key=TradingLimit.limit_type,
+            ref=TradingLimit.id,
+            a=TradingLimit.limit_value,
+            flag=case((TradingLimit.is_active, 1), else_=0),
+        )
+    ).where(TradingLimit.user_id == user_id)
+    positions = select(*_row("p", symbol=Position.symbol, ref=Position.account_id, a=Position.size)).where(
+        Position.user_id == user_id
+    )
+    if of_symbol:
+        positions = positions.where(Position.symbol == bindparam("symbol", type_=String(50)))
+    orders = select(
+        *_row(
+            "o",
+            symbol=Order.symbol,
+            key=Order.side,
+            ref=Order.account_id,
+            a=Order.quantity,
+            b=Order.filled_quantity,
+            c=Order.reserved,
+        )
+    ).where(Order.user_id == user_id, Order.status.in_(WORKING))
+    balances = select(*_row("b", key=Balance.asset, ref=Balance.account_id, a=Balance.total)).where(
+        Balance.user_id == user_id
+    )
+    last = (
+        select(PortfolioSnapshot.total_value, PortfolioSnapshot.snapshot_date)
+        .where(PortfolioSnapshot.user_id == user_id, PortfolioSnapshot.snapshot_date < today)
+        .order_by(PortfolioSnapshot.snapshot_date.desc())
+        .limit(1)
+        .subquery()
+    )
+    snapshot = select(*_row("s", a=last.c.total_value, day=last.c.snapshot_date))
+    accounts = select(*_row("a", ref=TradingAccount.id, at=TradingAccount.created_at)).where(
+        TradingAccount.user_id == user_id, TradingAccount.exchange == "paper"
+    )
+    return union_all(limits, positions, orders, balances, snapshot, accounts)
+
+
+_STANDING = {of_symbol: standing_query(of_symbol=of_symbol) for of_symbol in (True, False)}
+
+
+def parse_standing(rows: Sequence[Any]) -> Loaded:
+    loaded = Loaded()
+    for r in rows:
+        if r.kind == "l":
+            if r.key == KILL_SWITCH:
+                loaded.kill_switch = bool(r.flag)
+            elif r.key == KILL_SWITCH_ON_DAILY_LOSS:
+                loaded.trip_on_daily_loss = bool(r.flag)
+            elif r.flag and r.key in _LIMIT_TYPES:
+                loaded.limits.append(Limit(LimitType(r.key), r.a, r.symbol, r.ref))
+        elif r.kind == "p":
+            loaded.positions[(r.ref, r.symbol)] = r.a
+        elif r.kind == "o":
+            loaded.working.append(risk.WorkingOrder(r.ref, r.symbol, r.key, r.a - r.b, r.c))
+        elif r.kind == "b":
+            loaded.balances[r.key] = loaded.balances.get(r.key, Decimal(0)) + r.a
+        elif r.kind == "s":
+            loaded.previous_snapshot = (r.day, r.a)
+        elif r.kind == "a":
+            loaded.account_openings.append(r.at)
+    return loaded
+
+
+async def lock_user_limits(session: AsyncSession, user_id: uuid.UUID) -> None:
+    """Serialise changes to one user's limits (SQLite: its write transactions are serial already)."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(user_id.bytes[:4], "big", signed=True)
+        await session.execute(select(func.pg_advisory_xact_lock(_LOCK_NAMESPACE, key)))
+
+
+async def seed_defaults(session: AsyncSession, user_id: uuid.UUID, *, skip: LimitType | None = None) -> bool:
+    """Give a user who has no risk rows the default limits and a kill switch that is off; True if it did.
+
+    The kill switch row marks a user as set up, so limits the user deleted never come back. Call under
+    `lock_user_limits`.
+    """
+    exists = await session.scalar(
+        select(TradingLimit.id).where(TradingLimit.user_id == user_id, TradingLimit.limit_type == KILL_SWITCH).limit(1)
+    )
+    if exists is not None:
+        return False
+    for limit_type, value in DEFAULT_LIMITS.items():
+        if limit_type is not skip:
+            session.add(TradingLimit(user_id=user_id, limit_type=limit_type.value, limit_value=value))
+    session.add(TradingLimit(user_id=user_id, limit_type=KILL_SWITCH, limit_value=Decimal(1), is_active=False))
+    session.add(
+        TradingLimit(user_id=user_id, limit_type=KILL_SWITCH_ON_DAILY_LOSS, limit_value=Decimal(1), is_active=False)
+    )
+    await session.flush()
+    return True
+
+
+def alert_data(alert: RiskAlert) -> dict[str, Any]:
+    """An alert as published on the user's `alerts` channel (the shape `GET /risk/alerts` lists)."""
+    return {
+        "id": str(alert.id),
+        "alert_type": alert.alert_type,
+        "severity": alert.severity,
+        "message": alert.message,
+        "data": alert.data,
+        "acknowledged": bool(alert.acknowledged),
+        "created_at": alert.created_at.isoformat() if alert.created_at else None,
+    }
+
+
+def platform_principal(user: User) -> Principal:
+    # The platform acting for a user (automatic trip, an admin's switch for everyone): no session of theirs.
+    return Principal(user_id=user.id, email=user.email, role=user.role, session_id=uuid.UUID(int=0))
 
 
 class RiskGate:
     """Checks an order before it is stored and sent; raises `RiskRefused` to refuse it."""
 
+    def __init__(
+        self,
+        database: Database,
+        cache: Cache,
+        instruments: Mapping[tuple[str, str], Instrument],
+        prices: Prices,
+        starting_balances: Mapping[str, Decimal],
+    ) -> None:
+        self.database = database
+        self.cache = cache
+        self.instruments = instruments
+        self.prices = prices
+        self.starting_balances = dict(starting_balances)
+        self._reader = database.engine.execution_options(**{READ_ONLY: True})
+        self._prices: tuple[float, dict[str, Decimal]] | None = None
+        self.prices_reuse_seconds = PRICES_REUSE_SECONDS
+        self.clock: Callable[[], float] = time.time
+        self.cancel_all: CancelAll | None = None
+        """The order service's `cancel_all(principal, symbol)`, set by the registry once both exist."""
+        self.publish: UserPublisher | None = None
+        """The registry's user-event publisher (`orders.publish`), for alerts raised outside the order path."""
+
+    @functools.cached_property
+    def quotes(self) -> dict[str, str]:
+        """The quote asset of each symbol (the instruments are fixed at start-up)."""
+        return {symbol: i.quote_asset for (_, symbol), i in self.instruments.items()}
+
+    @functools.cached_property
+    def symbols(self) -> Collection[str]:
+        return frozenset(symbol for _, symbol in self.instruments)
+
+    # --- the gate --------------------------------------------------------------------------------------------
+
     async def check(self, order: Order, instrument: Instrument, reference_price: Decimal | None) -> None:
-        """No limits yet: every order passes."""
-        return None
+        """Refuse the order (`RiskRefused`) if it breaks a limit; every order from every source comes here."""
+        user_id = order.user_id
+        loaded = await self.load(user_id, order.symbol)
+        if loaded.kill_switch is None:
+            async with self.database.session(user_id) as session:
+                await lock_user_limits(session, user_id)
+                await seed_defaults(session, user_id)
+            loaded = await self.load(user_id, order.symbol)
+        limits = risk.effective(loaded.limits, order.symbol)
+        needs_prices = bool({LimitType.DAILY_LOSS, LimitType.LEVERAGE} & limits.keys())
+        prices = await self._recent_prices() if needs_prices else {}
+        standing = loaded.standing(self.deposit_per_account(prices))
+        daily = limits.get(LimitType.DAILY_LOSS)
+        if daily is not None and loaded.trip_on_daily_loss and not loaded.kill_switch:
+            loss = risk.daily_loss(standing, prices)
+            if loss is not None and loss >= daily.value:
+                # Engaged for what follows; this order is judged as it came (a daily_loss refusal says why).
+                await self.trip(user_id, loss, daily.value)
+        intent = risk.OrderIntent(
+            order.account_id,
+            order.symbol,
+            instrument.quote_asset,
+            order.side,
+            order.type,
+            order.quantity,
+            order.price,
+            order.stop_price,
+        )
+        breach = risk.evaluate(
+            intent,
+            limits,
+            standing,
+            kill_switch=bool(loaded.kill_switch),
+            reference=reference_price,
+            prices=prices,
+            quotes=self.quotes,
+        )
+        if breach is None and LimitType.ORDER_RATE in limits:
+            breach = risk.check_order_rate(limits[LimitType.ORDER_RATE], await self._count_order(user_id, limits))
+        if breach is not None:
+            raise RiskRefused.of(breach)
+
+    async def _recent_prices(self) -> dict[str, Decimal]:
+        """The latest prices, reused for `prices_reuse_seconds`: reading every ticker for every order was a sixth of
+        the gate's cost on Redis, and a valuation a fraction of a market step old judges a loss or leverage alike."""
+        now = time.monotonic()
+        if self._prices is None or now - self._prices[0] >= self.prices_reuse_seconds:
+            self._prices = (now, await self.prices())
+        return self._prices[1]
+
+    def rate_key(self, user_id: uuid.UUID) -> str:
+        return f"risk:rate:{user_id}:{int(self.clock()) // RATE_WINDOW_SECONDS}"
+
+    async def _count_order(self, user_id: uuid.UUID, limits: Mapping[LimitType, Limit]) -> int:
+        """Count this order in the user's current minute (shared by every worker through the cache)."""
+        try:
+            return await self.cache.incr(self.rate_key(user_id), ttl=RATE_WINDOW_SECONDS)
+        except ServiceUnavailable as exc:
+            limit = limits[LimitType.ORDER_RATE]
+            raise RiskCheckUnavailable(
+                LimitType.ORDER_RATE.value,
+                f"the cache that counts orders per minute is unreachable, so order_rate cannot be checked and the "
+                f"order is refused (fail closed): {exc.detail}",
+                limit_value=limit.value,
+                severity="high",
+                limit_id=limit.id,
+            ) from exc
 
     async def record_refusal(self, session: AsyncSession, order: Order, refusal: RiskRefused) -> RiskAlert | None:
         """Write the alert for a refused order inside the caller's transaction."""
-        return None
+        alert = RiskAlert(
+            id=uuid.uuid4(),
+            user_id=order.user_id,
+            alert_type=ALERT_TYPES.get(refusal.limit_type, "order_limit"),
+            severity=refusal.severity,
+            message=f"{order.side} {format(order.quantity, 'f')} {order.symbol} refused by {refusal.limit_type}: "
+            f"{refusal.detail}",
+            data={
+                "order_id": str(order.id),
+                "symbol": order.symbol,
+                "side": order.side,
+                "limit_type": refusal.limit_type,
+                "limit_id": None if refusal.limit_id is None else str(refusal.limit_id),
+                "limit_value": None if refusal.limit_value is None else format(refusal.limit_value, "f"),
+                "attempted_value": None if refusal.attempted_value is None else format(refusal.attempted_value, "f"),
+            },
+            acknowledged=False,
+            created_at=datetime.now(UTC),
+        )
+        session.add(alert)
+        await session.flush()
+        return alert
+
+    # --- reading ---------------------------------------------------------------------------------------------
+
+    async def load(self, user_id: uuid.UUID, symbol: str | None) -> Loaded:
+        """Limits and standing in one query (positions of `symbol` only, when given)."""
+        params = {"user_id": user_id, "today": datetime.now(UTC).date(), "symbol": symbol}
+        statement = _STANDING[symbol is not None]
+        if self.database.is_sqlite:
+            # No row-level security to bind on SQLite, and an ORM session costs a quarter of the gate's time there.
+            async with self._reader.connect() as connection:
+                rows = (await connection.execute(statement, params)).all()
+        else:
+            async with self.database.session(user_id, read_only=True) as session:
+                rows = (await session.execute(statement, params)).all()
+        return parse_standing(rows)
+
+    def deposit_per_account(self, prices: Mapping[str, Decimal]) -> Decimal:
+        """What a new paper account is funded with, in USD."""
+        value, _ = risk.valuation(self.starting_balances, prices)
+        return value
+
+    # --- the kill switch ---------------------------------------------------------------------------------------
+
+    async def set_switch(
+        self, user_id: uuid.UUID, *, engaged: bool | None, trip_on_daily_loss: bool | None, reason: str
+    ) -> tuple[bool, RiskAlert | None]:
+        """Store one user's switch (and its automatic trip); an alert when it changes. Returns (engaged, alert)."""
+        alert = None
+        async with self.database.session(user_id) as session:
+            await lock_user_limits(session, user_id)
+            await seed_defaults(session, user_id)
+            rows = {
+                r.limit_type: r
+                for r in (
+                    await session.scalars(
+                        select(TradingLimit).where(
+                            TradingLimit.user_id == user_id,
+                            TradingLimit.limit_type.in_([KILL_SWITCH, KILL_SWITCH_ON_DAILY_LOSS]),
+                        )
+                    )
+                ).all()
+            }
+            switch, auto = rows[KILL_SWITCH], rows[KILL_SWITCH_ON_DAILY_LOSS]
+            if trip_on_daily_loss is not None and auto.is_active != trip_on_daily_loss:
+                auto.is_active = trip_on_daily_loss
+                auto.updated_at = datetime.now(UTC)
+            if engaged is not None and switch.is_active != engaged:
+                switch.is_active = engaged
+                switch.updated_at = datetime.now(UTC)
+                alert = RiskAlert(
+                    id=uuid.uuid4(),
+                    user_id=user_id,
+                    alert_type="kill_switch",
+                    severity="critical" if engaged else "low",
+                    message=(
+                        f"kill switch engaged ({reason}): working orders are being cancelled and only orders that "
+                        "reduce a position pass until it is turned off"
+                        if engaged
+                        else f"kill switch released ({reason}): trading is open again"
+                    ),
+                    data={"engaged": engaged, "reason": reason},
+                    acknowledged=False,
+                    created_at=datetime.now(UTC),
+                )
+                session.add(alert)
+                audit.record(session, "risk.kill_switch", user_id, engaged=engaged, reason=reason)
+            now_engaged = bool(switch.is_active)
+        if alert is not None and self.publish is not None:
+            try:
+                await self.publish(user_id, "alerts", alert_data(alert))
+            except Exception:  # the alert is stored; a live update is best effort
+                log.exception("publishing a kill switch alert failed", user_id=str(user_id))
+        return now_engaged, alert
+
+    async def cancel_working(self, principal: Principal) -> int:
+        """Cancel every working order of the user (the kill switch's second half)."""
+        if self.cancel_all is None:
+            raise RuntimeError("RiskGate.cancel_all is not wired: the registry sets it once the order service exists")
+        return len(await self.cancel_all(principal, None))
+
+    async def trip(self, user_id: uuid.UUID, loss: Decimal, limit: Decimal) -> None:
+        """Engage the kill switch automatically: today's loss reached the daily_loss limit."""
+        reason = f"automatic: today's loss {format(loss, 'f')} USD reached the daily_loss limit {format(limit, 'f')}"
+        engaged, alert = await self.set_switch(user_id, engaged=True, trip_on_daily_loss=None, reason=reason)
+        if alert is None:  # engaged by someone else meanwhile: they cancel
+            return
+        async with self.database.system_session(read_only=True) as session:
+            user = await session.get(User, user_id)
+        if user is not None:
+            cancelled = await self.cancel_working(platform_principal(user))
+            log.warning("kill switch tripped on daily loss", user_id=str(user_id), cancelled=cancelled)
+
+    async def on_market(self, exchange: str, events: list[Any]) -> None:
+        """After each market step (on the leader): trip the switch of users whose daily loss reached their limit.
+
+        Only users who enabled the automatic trip are looked at; the gate also trips it on their next order.
+        """
+        if exchange != "paper":
+            return
+        async with self.database.system_session(read_only=True) as session:
+            users = (
+                await session.scalars(
+                    select(TradingLimit.user_id).where(
+                        TradingLimit.limit_type == KILL_SWITCH_ON_DAILY_LOSS, TradingLimit.is_active.is_(True)
+                    )
+                )
+            ).all()
+        if not users:
+            return
+        prices = await self.prices()
+        deposit = self.deposit_per_account(prices)
+        for user_id in users:
+            loaded = await self.load(user_id, None)
+            daily = next((lim for lim in loaded.limits if lim.limit_type is LimitType.DAILY_LOSS), None)
+            if loaded.kill_switch or daily is None:
+                continue
+            loss = risk.daily_loss(loaded.standing(deposit), prices)
+            if loss is not None and loss >= daily.value:
+                await self.trip(user_id, loss, daily.value)

@@ -1,8 +1,8 @@
 """Live channels over WebSockets: per-worker fan-out of cache pub/sub messages to subscribed clients.
 
-- Publishers (market data, orders, risk ...) publish the final client frame, UTF-8 JSON built by `frame()`, to a
-  cache channel: a public client channel `C` lives at `md:C`, user `U`'s channel `orders` at `user:U:orders`. The
-  manager forwards the frame as it is, so a message is encoded once however many clients receive it.
+- Publishers (market data, orders, risk ...) publish the final client frame (`cival.services.channels.frame`) to a
+  cache channel; the manager forwards it as it is, so a message is encoded once however many clients receive it.
+  User events are numbered and kept for resume by `cival.services.user_stream`.
 - Each worker holds ONE cache subscription per cache channel that any of its clients wants, shared by reference
   count: the first subscriber starts a reader task for it, the last one to leave stops it.
 - The reader copies each message into every subscriber's bounded send queue without awaiting; a client whose queue
@@ -10,6 +10,9 @@
   messages of a burst the reader lets the senders run, so only a client whose socket cannot keep up falls behind.
 - One sender task per connection drains its queue to the socket. Messages of one channel reach a client in
   publish order; across channels there is no order.
+- Subscribing to user channels reads the user's newest `seq` for the reply; with `since`, the missed events are
+  replayed first. Meanwhile the new channels' live messages are held and then merged in, so nothing is sent twice
+  and nothing is lost between replay and live delivery.
 - One ticker per manager, every `heartbeat_seconds / 2`, queues a heartbeat for each connection that has been
   sent nothing since the last tick (so no client waits longer than `heartbeat_seconds` for a frame), and
   re-checks sessions every `reauthenticate_seconds`, so a revoked session stops receiving private updates.
@@ -21,19 +24,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from decimal import Decimal
-from enum import Enum
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from cival.core.cache import Cache
 from cival.core.exceptions import CivalError, NotAuthenticated, ValidationFailed
 from cival.core.logging import get_logger
 from cival.services.auth_service import Principal
+from cival.services.channels import (
+    PUBLIC_PREFIXES,
+    USER_CHANNELS,
+    ProtocolError,
+    Resolve,
+    UnknownChannel,
+    frame,
+    make_resolver,
+    parse_message,
+    public_cache_channel,
+    publish_public,
+    publish_user,
+    user_cache_channel,
+)
+from cival.services.channels import dumps as _dumps
+from cival.services.user_stream import Catchup, UserStream
 
 __all__ = [
     "PUBLIC_PREFIXES",
@@ -51,14 +66,6 @@ __all__ = [
 
 log = get_logger(__name__)
 
-USER_CHANNELS = frozenset({"orders", "trades", "positions", "balances", "portfolio", "alerts"})
-"""Channels private to the caller: each resolves with the caller's own user id."""
-
-PUBLIC_PREFIXES = ("ticker:", "book:", "candles:")
-"""Public channel kinds; the market-data service validates the rest of the name."""
-
-PUBLIC_NAMESPACE = "md:"
-
 # WebSocket close codes (4000-4999 are the application's own).
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -69,18 +76,11 @@ CLOSE_UNAUTHENTICATED = 4401
 
 FAN_OUT_BURST = 64
 """Messages a reader fans out before it lets the senders run, when no subscriber's queue is crowded."""
-MAX_CHANNEL_NAME = 200
-MAX_MESSAGE_CHARS = 64 * 1024
 CLOSE_TIMEOUT = 1.0
 """Seconds to wait for a close frame to go out; a stalled client must not hold its connection's clean-up."""
 
 
-class UnknownChannel(ValidationFailed):
-    code = "unknown_channel"
-
-
 Authenticate = Callable[[str], Awaitable[Principal]]
-Resolve = Callable[[str, Principal], str]
 
 
 class ClientSocket(Protocol):
@@ -95,108 +95,7 @@ class ClientSocket(Protocol):
     async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
 
 
-# --- publishing --------------------------------------------------------------------------------------------------
-
-
-def _json_default(value: Any) -> Any:
-    # Money travels as text, never float: Decimal keeps its exact digits.
-    if isinstance(value, Decimal | uuid.UUID):
-        return str(value)
-    if isinstance(value, datetime):
-        return _iso(value)
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, Enum):
-        return value.value
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def _iso(ts: datetime) -> str:
-    # The same shape Pydantic gives HTTP responses, so clients parse one timestamp format.
-    return ts.isoformat().replace("+00:00", "Z")
-
-
-def _dumps(value: Mapping[str, Any]) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default)
-
-
-def frame(channel: str, data: Mapping[str, Any], seq: int | None = None) -> bytes:
-    """The client frame for an update on `channel`, as UTF-8 JSON bytes (Decimal as text, datetimes ISO 8601)."""
-    body: dict[str, Any] = {"type": "update", "channel": channel, "data": data}
-    if seq is not None:
-        body["seq"] = seq
-    return _dumps(body).encode()
-
-
-def public_cache_channel(channel: str) -> str:
-    """The cache channel of public client channel `channel`."""
-    return PUBLIC_NAMESPACE + channel
-
-
-def user_cache_channel(user_id: uuid.UUID | str, channel: str) -> str:
-    """The cache channel of user `user_id`'s client channel `channel`."""
-    return f"user:{user_id}:{channel}"
-
-
-async def publish_public(cache: Cache, channel: str, data: Mapping[str, Any], *, seq: int | None = None) -> int:
-    """Publish an update on public channel `channel` to every worker; returns how many workers listen."""
-    if not channel.startswith(PUBLIC_PREFIXES):
-        raise ValueError(f"{channel!r} is not a public channel (it must start with one of {PUBLIC_PREFIXES})")
-    return await cache.publish(public_cache_channel(channel), frame(channel, data, seq))
-
-
-async def publish_user(
-    cache: Cache, user_id: uuid.UUID | str, channel: str, data: Mapping[str, Any], *, seq: int | None = None
-) -> int:
-    """Publish an update on user `user_id`'s channel `channel` to every worker; returns how many listen."""
-    if channel not in USER_CHANNELS:
-        raise ValueError(f"{channel!r} is not a user channel (one of {sorted(USER_CHANNELS)})")
-    return await cache.publish(user_cache_channel(user_id, channel), frame(channel, data, seq))
-
-
-# --- channel names -----------------------------------------------------------------------------------------------
-
-
-def make_resolver(public_validator: Callable[[str], None]) -> Resolve:
-    """The resolver for `WebSocketManager`: user channels here, public names checked by `public_validator`.
-
-    The validator may raise any `ValidationFailed` (unknown exchange, symbol, timeframe); it becomes UnknownChannel.
-    """
-
-    def resolve(channel: str, principal: Principal) -> str:
-        if channel in USER_CHANNELS:
-            return user_cache_channel(principal.user_id, channel)
-        if channel.startswith(PUBLIC_PREFIXES):
-            try:
-                public_validator(channel)
-            except UnknownChannel:
-                raise
-            except ValidationFailed as exc:
-                raise UnknownChannel(exc.detail) from exc
-            return public_cache_channel(channel)
-        raise UnknownChannel(
-            f"unknown channel {_shorten(channel)!r}: expected one of {', '.join(sorted(USER_CHANNELS))}, "
-            "or ticker:<exchange>:<symbol>, book:<exchange>:<symbol>, candles:<exchange>:<symbol>:<timeframe>"
-        )
-
-    return resolve
-
-
-def _shorten(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 # --- connections -------------------------------------------------------------------------------------------------
-
-
-class _ErrorReply(Exception):
-    """An error frame for the client; the connection stays open."""
-
-    def __init__(self, code: str, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-        self.extra = extra
 
 
 @dataclass(eq=False)
@@ -210,6 +109,15 @@ class _Feed:
     started: asyncio.Event = field(default_factory=asyncio.Event)
     error: Exception | None = None
     task: asyncio.Task[None] | None = None
+
+
+@dataclass(eq=False)
+class _Hold:
+    """Live messages of newly subscribed feeds, kept back from a connection until its reply and replay are queued."""
+
+    feeds: dict[_Feed, bool]
+    """feed -> whether it is a user channel (numbered by `seq`, merged with the replay)"""
+    messages: list[tuple[bool, str]] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -231,6 +139,7 @@ class _Connection:
     close_reason: str = ""
     sent: int = 0
     sent_at_last_tick: int = 0
+    hold: _Hold | None = None
 
 
 class WebSocketManager:
@@ -246,6 +155,7 @@ class WebSocketManager:
         send_queue_size: int = 1000,
         max_channels: int = 100,
         reauthenticate_seconds: float = 60.0,
+        stream: UserStream | None = None,
     ) -> None:
         if heartbeat_seconds <= 0 or reauthenticate_seconds <= 0:
             raise ValueError("heartbeat_seconds and reauthenticate_seconds must be positive")
@@ -254,6 +164,8 @@ class WebSocketManager:
         self._cache = cache
         self._authenticate = authenticate
         self._resolve = resolve
+        # The user event log, for the `seq` in replies and for replays; it must match the publishers' retention.
+        self._stream = stream or UserStream(cache)
         self.heartbeat_seconds = heartbeat_seconds
         self.send_queue_size = send_queue_size
         self.max_channels = max_channels
@@ -457,45 +369,17 @@ class WebSocketManager:
 
     async def _handle(self, conn: _Connection, text: str) -> None:
         try:
-            op, channels = self._parse(text)
+            op, channels, since = parse_message(text, self.max_channels)
             if op == "ping":
                 self._enqueue(conn, _dumps({"type": "pong"}))
             elif op == "subscribe":
-                await self._subscribe(conn, channels)
+                await self._subscribe(conn, channels, since)
             else:
                 await self._unsubscribe(conn, channels)
-        except _ErrorReply as exc:
+        except ProtocolError as exc:
             self._enqueue(conn, _dumps({"type": "error", "error": exc.code, "detail": exc.detail, **exc.extra}))
 
-    def _parse(self, text: str) -> tuple[str, list[str]]:
-        if len(text) > MAX_MESSAGE_CHARS:
-            raise _ErrorReply("invalid_message", f"messages are limited to {MAX_MESSAGE_CHARS} characters")
-        try:
-            message = json.loads(text)
-        except ValueError as exc:
-            raise _ErrorReply("invalid_json", f"the message is not valid JSON: {exc}") from None
-        if not isinstance(message, dict):
-            raise _ErrorReply("invalid_message", 'a message is a JSON object such as {"op": "ping"}')
-        op = message.get("op")
-        if op == "ping":
-            return op, []
-        if op not in ("subscribe", "unsubscribe"):
-            raise _ErrorReply("invalid_message", '"op" must be "subscribe", "unsubscribe" or "ping"')
-        channels = message.get("channels")
-        if not (
-            isinstance(channels, list)
-            and channels
-            and all(isinstance(c, str) and 0 < len(c) <= MAX_CHANNEL_NAME for c in channels)
-        ):
-            raise _ErrorReply(
-                "invalid_message",
-                f'"channels" must be a non-empty list of channel names (each 1-{MAX_CHANNEL_NAME} characters)',
-            )
-        if len(channels) > self.max_channels:
-            raise _ErrorReply("too_many_channels", f"at most {self.max_channels} channels per connection")
-        return op, list(dict.fromkeys(channels))
-
-    async def _subscribe(self, conn: _Connection, channels: list[str]) -> None:
+    async def _subscribe(self, conn: _Connection, channels: list[str], since: int | None) -> None:
         # All or nothing: every name is resolved and every feed running before any subscription takes effect.
         wanted: dict[str, str] = {}
         unknown: list[ValidationFailed] = []
@@ -512,9 +396,9 @@ class WebSocketManager:
                 names.append(channel)
         if unknown:
             more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
-            raise _ErrorReply("unknown_channel", unknown[0].detail + more, channels=names)
+            raise ProtocolError("unknown_channel", unknown[0].detail + more, channels=names)
         if len(conn.feeds) + len(wanted) > self.max_channels:
-            raise _ErrorReply(
+            raise ProtocolError(
                 "too_many_channels",
                 f"at most {self.max_channels} channels per connection; {len(conn.feeds)} already subscribed",
             )
@@ -531,13 +415,69 @@ class WebSocketManager:
             await self._release(feeds.values())
             if failed is not None:
                 code = failed.code if isinstance(failed, CivalError) else "service_unavailable"
-                raise _ErrorReply(code, f"could not subscribe: {failed}")
+                raise ProtocolError(code, f"could not subscribe: {failed}")
             return
-        # No await from here to the reply: the reply precedes every update of the new channels.
+        # No await from here to the reply (or, with user channels, to holding the new channels' updates back until
+        # the reply and the replay are queued): the reply precedes every update of the new channels.
+        users = [channel for channel in feeds if channel in USER_CHANNELS]
+        hold = None
+        if users:
+            hold = conn.hold = _Hold({feed: channel in USER_CHANNELS for channel, feed in feeds.items()})
         for channel, feed in feeds.items():
             feed.subscribers.add(conn)
             conn.feeds[channel] = feed
-        self._enqueue(conn, _dumps({"type": "subscribed", "channels": channels}))
+        if hold is not None:
+            await self._catch_up(conn, hold, channels, users, since)
+        else:
+            self._enqueue(conn, _dumps({"type": "subscribed", "channels": channels}))
+
+    async def _catch_up(
+        self, conn: _Connection, hold: _Hold, channels: list[str], users: list[str], since: int | None
+    ) -> None:
+        """Reply with the user's newest seq, replay what the client missed (or say resync), then go live."""
+        try:
+            replay = await self._stream.replay(conn.principal.user_id, since, users)
+            reply: dict[str, Any] = {"type": "subscribed", "channels": channels}
+            if replay.head is not None:
+                reply["seq"] = replay.head
+            if since is not None and replay.resync is None:
+                reply["replayed"] = len(replay.events)
+            self._enqueue(conn, _dumps(reply))
+            if replay.resync is not None:
+                resync = {"type": "resync", "reason": replay.resync.value, "detail": replay.detail}
+                self._enqueue(conn, _dumps(resync | {"channels": users, "since": since, "seq": replay.head}))
+            catchup = Catchup(replay, since)
+            while True:
+                held, hold.messages = hold.messages, []
+                live = catchup.take([text for is_user, text in held if is_user])
+                for text in live + [text for is_user, text in held if not is_user]:
+                    if not await self._put(conn, text):
+                        return
+                if not hold.messages:
+                    break
+        finally:
+            # Live from here: no await between the last held message and letting the next one through.
+            if conn.hold is hold:
+                conn.hold = None
+
+    async def _put(self, conn: _Connection, text: str) -> bool:
+        """Queue `text`, waiting for room (a replay can be longer than the queue); False once `conn` is ending."""
+        if conn.is_ending:
+            return False
+        try:
+            conn.queue.put_nowait(text)
+            return True
+        except asyncio.QueueFull:
+            pass
+        room = asyncio.ensure_future(conn.queue.put(text))
+        ending = asyncio.ensure_future(conn.done.wait())
+        try:
+            done, _ = await asyncio.wait({room, ending}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ending.cancel()
+            if not room.done():
+                room.cancel()
+        return room in done
 
     async def _unsubscribe(self, conn: _Connection, channels: list[str]) -> None:
         leaving = [conn.feeds.pop(channel) for channel in channels if channel in conn.feeds]
@@ -614,6 +554,12 @@ class WebSocketManager:
         crowded = False
         slow: list[_Connection] = []
         for conn in feed.subscribers:
+            hold = conn.hold
+            if hold is not None and feed in hold.feeds:
+                hold.messages.append((hold.feeds[feed], text))
+                if len(hold.messages) > self.send_queue_size:
+                    slow.append(conn)
+                continue
             queue = conn.queue
             try:
                 queue.put_nowait(text)
