@@ -337,14 +337,27 @@ async def _snapshot(client: httpx.AsyncClient, routes: list[Endpoint], ids: dict
 def _about(snapshot: dict[str, Any], routes: list[Endpoint], ids: dict[str, str]) -> dict[str, Any]:
     """The routes of a snapshot that show A's objects: they name one, or answer with their ids.
 
-    (Shared data, like market prices, may change on its own: it is not A's, and not compared.)
+    (Shared data, like market prices, may change on its own: it is not A's, and not compared; nor are A's figures
+    marked to those prices.)
     """
     named = {str(e) for e in routes if e.params}
     return {
-        route: (status, body)
+        route: (status, _without_marks(body))
         for route, (status, text, body) in snapshot.items()
         if route in named or any(value in text for value in ids.values())
     }
+
+
+MARKED = frozenset({"current_value", "mark_price", "market_value", "unrealized_pnl", "usd_value"})
+"""Fields computed from the latest market prices, which move (or expire) on their own."""
+
+
+def _without_marks(body: Any) -> Any:
+    if isinstance(body, dict):
+        return {k: _without_marks(v) for k, v in body.items() if k not in MARKED}
+    if isinstance(body, list):
+        return [_without_marks(v) for v in body]
+    return body
 
 
 # --- the tests ---------------------------------------------------------------------------------------------------
@@ -436,7 +449,10 @@ async def test_user_b_cannot_see_or_touch_user_a_objects(
     me = await a_client.get("/api/v1/users/me")
     if me.status_code != 200 or me.json()["id"] != a_user_id:
         problems.append(f"A's token stopped working after B's calls: {me.status_code} {me.text[:300]}")
-    after = {route: (status, body) for route, (status, _, body) in (await _snapshot(a_client, routes, a_ids)).items()}
+    after = {
+        route: (status, _without_marks(body))
+        for route, (status, _, body) in (await _snapshot(a_client, routes, a_ids)).items()
+    }
     problems += [
         f"B's calls changed what A reads from {route}: before {before[route]}, after {after[route]}"
         for route in before

@@ -141,6 +141,24 @@ async def test_inactive_and_deleted_endpoints_get_nothing(
     assert receiver.requests.empty()
 
 
+async def test_an_endpoint_created_on_another_worker_is_seen_at_the_next_fill(
+    registry: ServiceRegistry, make_service: MakeService, receiver: Receiver
+) -> None:
+    """Who has endpoints is read once and re-read when any worker changes one (a version in the shared cache)."""
+    here, elsewhere = await make_service(), await make_service()
+    user = await new_principal(registry)
+    await here.publish(user.user_id, "trades", TRADE)  # no endpoint yet: `here` now remembers that
+    await here.webhooks.idle()
+    assert receiver.requests.empty()
+    hook = await elsewhere.create_webhook(user, WebhookIn(url=receiver.url, event_types=["trades"]))
+    await here.publish(user.user_id, "trades", TRADE)
+    assert (await receiver.next()).verifies(hook.secret)
+    await elsewhere.delete_webhook(user, hook.id)
+    await here.publish(user.user_id, "trades", TRADE)
+    await here.webhooks.idle()
+    assert receiver.requests.empty()
+
+
 # --- retries, timeouts, failing ----------------------------------------------------------------------------------
 
 

@@ -131,7 +131,7 @@ class NotificationService:
         self.cipher = cipher
         self.env = env
         self.stream = stream or UserStream(cache)
-        self.webhooks = WebhookDispatcher(database, cipher, policy)
+        self.webhooks = WebhookDispatcher(database, cipher, policy, cache)
 
     async def start(self) -> None:
         self.webhooks.start()
@@ -187,6 +187,7 @@ class NotificationService:
             await session.flush()
             await session.refresh(row)
             audit.record(session, "webhook.created", principal.user_id, webhook_id=row.id, host=httpx.URL(url).host)
+        await self.webhooks.endpoints_changed()
         out = WebhookOut.model_validate(row)
         return WebhookCreatedOut(**out.model_dump(), secret=secret)
 
@@ -221,6 +222,7 @@ class NotificationService:
             row.updated_at = datetime.now(UTC)
             await session.flush()
             audit.record(session, "webhook.updated", principal.user_id, webhook_id=row.id)
+        await self.webhooks.endpoints_changed()
         return WebhookOut.model_validate(row)
 
     async def delete_webhook(self, principal: Principal, webhook_id: uuid.UUID) -> None:
@@ -228,6 +230,7 @@ class NotificationService:
             row = await self._own(session, principal, webhook_id)
             await session.delete(row)
             audit.record(session, "webhook.deleted", principal.user_id, webhook_id=webhook_id)
+        await self.webhooks.endpoints_changed()
 
     async def rotate_secret(self, principal: Principal, webhook_id: uuid.UUID) -> WebhookSecretOut:
         secret = _new_secret()

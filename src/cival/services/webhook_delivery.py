@@ -21,6 +21,7 @@ REST); a delivery that was waiting for a retry keeps its `pending` row.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import time
@@ -36,7 +37,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cival import __version__
+from cival.core.cache import Cache
 from cival.core.db import Database
+from cival.core.exceptions import ServiceUnavailable
 from cival.core.logging import get_logger
 from cival.core.security import CredentialCipher, CredentialDecryptError
 from cival.database.models import NotificationDelivery, NotificationWebhook
@@ -57,6 +60,8 @@ __all__ = [
 log = get_logger(__name__)
 
 WEBHOOK_EVENT_TYPES = ("trades", "alerts")
+DIRECTORY_VERSION_KEY = "webhooks:directory"
+"""Changes whenever any user's endpoints change: workers re-read who has an active endpoint when it does."""
 """User channels whose events can go to a webhook: fills and risk alerts."""
 SIGNATURE_HEADER = "X-Cival-Signature"
 TIMESTAMP_HEADER = "X-Cival-Timestamp"
@@ -166,9 +171,13 @@ class WebhookDispatcher:
         database: Database,
         cipher: CredentialCipher,
         policy: WebhookPolicy | None = None,
+        cache: Cache | None = None,
     ) -> None:
         self.database = database
         self.cipher = cipher
+        self.cache = cache
+        self._directory_version: bytes | None = None
+        self._users_with_hooks: frozenset[uuid.UUID] = frozenset()
         self.policy = policy or WebhookPolicy()
         self._queue: asyncio.Queue[WebhookEvent] = asyncio.Queue(maxsize=self.policy.queue_size)
         self._in_flight = asyncio.Semaphore(self.policy.max_in_flight)
@@ -242,11 +251,49 @@ class WebhookDispatcher:
                 by_user: dict[uuid.UUID, list[WebhookEvent]] = {}
                 for event in batch:
                     by_user.setdefault(event.user_id, []).append(event)
+                users = await self._directory()
                 for user_id, events in by_user.items():
-                    await self._start_deliveries(user_id, events)
+                    if users is None or user_id in users:
+                        await self._start_deliveries(user_id, events)
             finally:
                 for _ in batch:
                     self._queue.task_done()
+
+    async def endpoints_changed(self) -> None:
+        """A user's endpoints were created, changed or deleted (and committed): every worker re-reads who has any."""
+        self._directory_version = None
+        if self.cache is not None:
+            with contextlib.suppress(ServiceUnavailable):
+                await self.cache.set(DIRECTORY_VERSION_KEY, uuid.uuid4().hex.encode())
+
+    async def _directory(self) -> frozenset[uuid.UUID] | None:
+        """The users with an active endpoint, re-read only when some endpoint changed on any worker (a version in the
+        cache): most fills belong to users without webhooks, and cost no query. None (look every user up) when the
+        cache cannot say."""
+        if self.cache is None:
+            return None
+        try:
+            version = await self.cache.get(DIRECTORY_VERSION_KEY)
+            if version is None:  # first use (or the cache was emptied): start a version, then read
+                version = uuid.uuid4().hex.encode()
+                if not await self.cache.add(DIRECTORY_VERSION_KEY, version):
+                    version = await self.cache.get(DIRECTORY_VERSION_KEY)
+        except ServiceUnavailable:
+            return None
+        if version is None:
+            return None
+        if version != self._directory_version:
+            try:
+                async with self.database.system_session(read_only=True) as session:
+                    rows = await session.scalars(
+                        select(NotificationWebhook.user_id).where(NotificationWebhook.is_active).distinct()
+                    )
+                    self._users_with_hooks = frozenset(rows.all())
+            except Exception:
+                log.exception("reading who has webhooks failed; looking each user up")
+                return None
+            self._directory_version = version
+        return self._users_with_hooks
 
     async def _start_deliveries(self, user_id: uuid.UUID, events: list[WebhookEvent]) -> None:
         try:
