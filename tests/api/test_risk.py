@@ -292,11 +292,10 @@ async def test_price_collar_boundary_and_no_reference_price(
     # No book, no reference price: a priced order is refused, not waved through.
     await _set(user, limit_id, Decimal(99))
 
-    async def no_book(symbol: str) -> None:
+    async def no_book(_: object) -> None:
         return None
 
-    monkeypatch.setattr(registry.paper, "book_source", no_book)
-    monkeypatch.setattr(registry.paper.engine(BTC), "book", None)
+    monkeypatch.setattr(registry.orders, "_book", no_book)  # where the order path reads the book it prices against
     error = await _refused(user, registry, account, _limit_buy(account), "price_collar")
     assert error["attempted_value"] is None
     assert "no reference price" in error["detail"]

@@ -23,45 +23,53 @@ orders). So the engine's own book may hold a buy above a sell; each fills only a
 - Fees are `quantity x price x rate` in the quote asset, rounded half-even to 8 decimals per fill: maker rate for
   resting fills, taker rate for taking fills.
 
-Events: `Filled` per execution, `Rested` when an order starts working (on the book, or a stop waiting for its
-trigger), `Triggered`, `Cancelled` (with why) and `Rejected` (with the validation code and detail). An order refused
-by validation is an event, not an exception; exceptions are for the caller's mistakes (a duplicate id, a naive
-timestamp, cancelling an order that is not working).
+Events (`matching_events`, re-exported here): `Filled` per execution, `Rested` when an order starts working (on the
+book, or a stop waiting for its trigger), `Triggered`, `Cancelled` (with why) and `Rejected` (with the validation code
+and detail). An order refused by validation is an event, not an exception; exceptions are for the caller's mistakes
+(a duplicate id, a naive timestamp, cancelling an order that is not working).
 
 Everything is deterministic: no clock, no randomness; trade ids come from `id_source` in event order, so the same
-calls give the same events. Price levels are kept per side as a sorted list of prices in integer ticks (`bisect`)
-and a dict from ticks to the level's FIFO queue; an order index by id makes cancel O(1) (the order is marked dead
-and skipped when matching reaches it; a level mostly dead is compacted).
+calls give the same events. Working orders queue in `resting_book` (price levels in integer ticks, O(1) cancel).
+
+Speed (`benchmarks/matching.py`): every paper order and market step runs through here, and in CPython the cost is
+the number of bytecodes, calls and objects per operation, so the common case is written for that. A plainly valid
+limit or market order is accepted by a few comparisons inline, which also give the limit in integer ticks; anything
+else, or any doubt, goes to `OrderValidator`, which stays the authority and words the rejection. Decimal methods are
+called through a context (`_DOWN.quantize(x, q)`, not `x.quantize(q, ROUND_DOWN, context)`: keyword parsing costs
+more than the quantize). A book is checked storable with one trapping quantize per value. Orders that never rest
+(market, IOC, FOK) get no queue record; the limit path queues its order inline.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import (
-    ROUND_DOWN,
-    ROUND_HALF_EVEN,
-    Context,
     Decimal,
-    DivisionByZero,
-    Inexact,
-    InvalidOperation,
-    Overflow,
     getcontext,
 )
 
+from cival.domain.book_liquidity import BookLiquidity, check_book_storable, is_storable, multiply_exact, round_fee
 from cival.domain.candles import TradeTick
 from cival.domain.instruments import Instrument
+from cival.domain.matching_events import (
+    Cancelled,
+    DuplicateOrder,
+    Event,
+    Filled,
+    OpenOrder,
+    OrderNotWorking,
+    OrderRequest,
+    Rejected,
+    Rested,
+    Triggered,
+)
 from cival.domain.order_book import BookLevel, OrderBookL2
 from cival.domain.orders import (
     MAX_STORED,
     STORED_QUANTUM,
     CancelReason,
     Fill,
-    Liquidity,
     OrderRejected,
     OrderSide,
     OrderType,
@@ -69,18 +77,29 @@ from cival.domain.orders import (
     RejectCode,
     TimeInForce,
 )
+from cival.domain.resting_book import Ladder, PriceLevel, RestingOrder
+
+__all__ = [
+    "Cancelled",
+    "DuplicateOrder",
+    "Event",
+    "Filled",
+    "MatchingEngine",
+    "OpenOrder",
+    "OrderNotWorking",
+    "OrderRequest",
+    "Rejected",
+    "Rested",
+    "Triggered",
+]
 
 _ZERO = Decimal(0)
-# Products (fees) of two stored values need up to ~40 digits: they use this context, which traps Inexact.
-_EXACT = Context(prec=100, traps=[InvalidOperation, DivisionByZero, Overflow, Inexact])
-_ROUND = Context(prec=100, traps=[InvalidOperation, DivisionByZero, Overflow])
-_mul = _EXACT.multiply
 # Sums and differences use plain operators (three times cheaper than context methods, and this is the hot path):
 # every quantity the engine adds or subtracts is checked on entry to have at most 8 decimals and be below 10**12,
 # so a result has at most 21 digits, exact in any context that keeps that many (Python's default keeps 28).
 _MIN_PRECISION = 21
 # Enum members as module constants: a class attribute lookup on an Enum costs as much as the comparison itself.
-_BUY = OrderSide.BUY
+_BUY, _SELL = OrderSide.BUY, OrderSide.SELL
 _MARKET, _LIMIT, _STOP = OrderType.MARKET, OrderType.LIMIT, OrderType.STOP
 _GTC, _IOC, _FOK = TimeInForce.GTC, TimeInForce.IOC, TimeInForce.FOK
 _REQUESTED, _IOC_REMAINDER, _FOK_UNFILLED = (
@@ -90,109 +109,6 @@ _REQUESTED, _IOC_REMAINDER, _FOK_UNFILLED = (
 )
 
 
-class OrderNotWorking(ValueError):
-    """The order is not working on this engine: unknown, or already filled, cancelled or rejected."""
-
-
-class DuplicateOrder(ValueError):
-    """An order id that is already working on this engine.
-
-    Finished orders are forgotten (the engine's memory stays bounded by what is working): that an id is never reused
-    over an order's whole life is the database's job, where it is the primary key.
-    """
-
-
-@dataclass(frozen=True, slots=True)
-class OrderRequest:
-    """An order as submitted; validated by the engine, which answers with events."""
-
-    order_id: str
-    side: OrderSide
-    type: OrderType
-    quantity: Decimal
-    time_in_force: TimeInForce
-    ts: datetime
-    price: Decimal | None = None
-    stop_price: Decimal | None = None
-    post_only: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class OpenOrder:
-    """A working order as stored: what `open_orders` returns and `restore` takes back.
-
-    `triggered_at` is set for a stop-limit that has triggered and rests as a limit: it joined the book then, so that
-    is its time priority (the creation `ts` for every other order).
-    """
-
-    request: OrderRequest
-    filled_quantity: Decimal = _ZERO
-    triggered_at: datetime | None = None
-
-    @property
-    def priority_ts(self) -> datetime:
-        """When the order took its place in the queue."""
-        return self.triggered_at or self.request.ts
-
-
-# The three events the hot path creates write their fields out: a generated frozen __init__ costs twice as much.
-_set_field = object.__setattr__
-
-
-@dataclass(frozen=True, slots=True, init=False)
-class Filled:
-    """Part or all of an order executed."""
-
-    order_id: str
-    fill: Fill
-
-    def __init__(self, order_id: str, fill: Fill) -> None:
-        _set_field(self, "order_id", order_id)
-        _set_field(self, "fill", fill)
-
-
-@dataclass(frozen=True, slots=True, init=False)
-class Rested:
-    """The order is working: a limit on the book, or a stop waiting for its trigger."""
-
-    order_id: str
-
-    def __init__(self, order_id: str) -> None:
-        _set_field(self, "order_id", order_id)
-
-
-@dataclass(frozen=True, slots=True, init=False)
-class Cancelled:
-    """The order stopped working; what was not filled never will be."""
-
-    order_id: str
-    reason: CancelReason
-
-    def __init__(self, order_id: str, reason: CancelReason) -> None:
-        _set_field(self, "order_id", order_id)
-        _set_field(self, "reason", reason)
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """The order was refused and never worked."""
-
-    order_id: str
-    reason: RejectCode
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Triggered:
-    """A stop's trigger was hit at `ts`: it now works as a market or limit order."""
-
-    order_id: str
-    ts: datetime
-
-
-Event = Filled | Rested | Cancelled | Rejected | Triggered
-
-
 def _required(value: Decimal | None, request: OrderRequest) -> Decimal:
     # validate_order (or _check_restorable) has already ensured the value; this narrows the type.
     if value is None:
@@ -200,112 +116,10 @@ def _required(value: Decimal | None, request: OrderRequest) -> Decimal:
     return value
 
 
-class _Order:
-    """The engine's working record: only what matching reads and writes, to keep the hot path small."""
-
-    __slots__ = ("request", "order_id", "is_buy", "ladder", "key", "remaining", "seq", "is_alive", "triggered_at")
-
-    # `ladder` and `key` (ticks of the price it queues at: the limit on the book, the stop among the stops) are set
-    # by `_Ladder.add`; nothing reads them before, and an order that never queues never pays for them.
-    ladder: _Ladder
-    key: int
-
-    def __init__(self, request: OrderRequest, is_buy: bool, remaining: Decimal, seq: int) -> None:
-        self.request = request
-        self.order_id = request.order_id
-        self.is_buy = is_buy
-        self.remaining = remaining
-        self.seq = seq
-        self.is_alive = True
-        self.triggered_at: datetime | None = None
-
-
-class _Level:
-    __slots__ = ("price", "orders", "count")
-
-    def __init__(self, price: Decimal) -> None:
-        self.price = price
-        self.orders: deque[_Order] = deque()
-        self.count = 0  # live orders; dead ones are skipped lazily
-
-
-class _Ladder:
-    """Price levels of one side: their prices in ticks, ascending, and each level's FIFO queue by ticks.
-
-    Keys are integer ticks, not Decimals: hashing a fresh Decimal costs more than the whole rest of an insert.
-    """
-
-    __slots__ = ("ticks", "levels")
-
-    def __init__(self) -> None:
-        self.ticks: list[int] = []
-        self.levels: dict[int, _Level] = {}
-
-    def add(self, order: _Order, ticks: int, price: Decimal) -> None:
-        order.ladder = self
-        order.key = ticks
-        level = self.levels.get(ticks)
-        if level is None:
-            insort(self.ticks, ticks)
-            level = self.levels[ticks] = _Level(price)
-        level.orders.append(order)
-        level.count += 1
-
-    def discard(self, order: _Order) -> None:
-        """Drop a live order already marked dead: O(1) unless its level empties (then a bisect and a list delete)."""
-        key = order.key
-        level = self.levels[key]
-        level.count -= 1
-        if not level.count:
-            del self.levels[key]
-            del self.ticks[bisect_left(self.ticks, key)]
-        elif len(level.orders) > 2 * level.count + 16:
-            # Compact so a long-lived level full of cancelled orders does not grow without bound.
-            level.orders = deque(o for o in level.orders if o.is_alive)
-
-    def highest(self) -> _Level | None:
-        """The level with the highest price, or None."""
-        return self.levels[self.ticks[-1]] if self.ticks else None
-
-    def lowest(self) -> _Level | None:
-        """The level with the lowest price, or None."""
-        return self.levels[self.ticks[0]] if self.ticks else None
-
-    def remove_highest(self) -> _Level:
-        """Take out the level with the highest price."""
-        return self.levels.pop(self.ticks.pop())
-
-    def remove_lowest(self) -> _Level:
-        """Take out the level with the lowest price."""
-        return self.levels.pop(self.ticks.pop(0))
-
-
 def _refuse_context() -> None:
     raise RuntimeError(
         f"this thread's decimal context keeps {getcontext().prec} digits; exact matching needs {_MIN_PRECISION}"
     )
-
-
-def _is_storable(value: Decimal) -> bool:
-    """Positive, below 10**12, at most 8 decimals: what DECIMAL(20,8) holds, and what keeps sums exact."""
-    return (
-        value.is_finite() and _ZERO < value < MAX_STORED and value.quantize(STORED_QUANTUM, ROUND_DOWN, _ROUND) == value
-    )
-
-
-def _check_book_storable(book: OrderBookL2) -> None:
-    # BookLevel has already checked positive and finite; inlined, since a book has dozens of levels.
-    quantum, down, context, limit = STORED_QUANTUM, ROUND_DOWN, _ROUND, MAX_STORED
-    for levels in (book.bids, book.asks):
-        for level in levels:
-            price, quantity = level.price, level.quantity
-            if (
-                price >= limit
-                or quantity >= limit
-                or price.quantize(quantum, down, context) != price
-                or quantity.quantize(quantum, down, context) != quantity
-            ):
-                raise ValueError(f"book level {price} x {quantity} is not storable: more than 8 decimals or 12 digits")
 
 
 class MatchingEngine:
@@ -328,19 +142,29 @@ class MatchingEngine:
         self._next_trade_id = id_source
         self._validate = OrderValidator(instrument).validate
         self._tick = instrument.tick_size
-        self.book: OrderBookL2 | None = None
+        # The quick acceptance (`submit`): the instrument's rules as bounds and integers. The instrument is frozen and
+        # checks that its units have at most 8 decimals and its minimum size is positive.
+        self._is_quick = instrument.is_active
+        self._step = instrument.step_size
+        self._min_size = instrument.min_order_size
+        self._max_size = min(instrument.max_order_size, MAX_STORED - STORED_QUANTUM)
+        self._min_notional = instrument.min_notional
+        tick_numerator, tick_denominator = self._tick_ratio = instrument.tick_size.as_integer_ratio()
+        # A price on the tick is below MAX_STORED exactly when its ticks are below this.
+        self._tick_limit = -(-int(MAX_STORED) * tick_denominator // tick_numerator)
+        self._liquidity = BookLiquidity(id_source)
         self.last_trade_price: Decimal | None = None
-        self._orders: dict[str, _Order] = {}
-        self._bids = _Ladder()
-        self._asks = _Ladder()
-        self._buy_stops = _Ladder()
-        self._sell_stops = _Ladder()
+        self._orders: dict[str, RestingOrder] = {}
+        self._bids = Ladder(highest_first=True)
+        self._asks = Ladder(highest_first=False)
+        self._buy_stops = Ladder(highest_first=False)  # the lowest triggers first, on a trade at or above it
+        self._sell_stops = Ladder(highest_first=True)
         self._seq = 0
-        # Liquidity taken from the current book: levels before the index are used up, `used` of the one at it.
-        self._ask_index = 0
-        self._ask_used = _ZERO
-        self._bid_index = 0
-        self._bid_used = _ZERO
+
+    @property
+    def book(self) -> OrderBookL2 | None:
+        """The latest L2 snapshot (`on_book`), which takers fill against."""
+        return self._liquidity.book
 
     # -- inputs ---------------------------------------------------------------------------------------------------
 
@@ -349,42 +173,81 @@ class MatchingEngine:
         order_id = request.order_id
         if order_id in self._orders:
             raise DuplicateOrder(f"order {order_id} is already working")
-        if request.ts.tzinfo is None:
-            raise ValueError(f"order {order_id}: ts {request.ts.isoformat()} is naive; it must be timezone-aware")
+        ts = request.ts
+        if ts.tzinfo is None:
+            raise ValueError(f"order {order_id}: ts {ts.isoformat()} is naive; it must be timezone-aware")
         events = self.on_book(book) if book is not None else []
         if getcontext().prec < _MIN_PRECISION:
             _refuse_context()
         order_type = request.type
-        is_buy = request.side == _BUY
-        price = request.price
-        try:
-            self._validate(
-                request.side,
-                order_type,
-                request.quantity,
-                price,
-                request.stop_price,
-                request.time_in_force,
-                request.post_only,
-                self._reference_price(is_buy) if order_type == _MARKET else None,
-            )
-        except OrderRejected as exc:
-            events.append(Rejected(order_id, exc.code, exc.detail))
-            return events
-        self._seq += 1
-        order = _Order(request, is_buy, request.quantity, self._seq)
+        side = request.side
+        is_buy = side == _BUY
+        quantity = request.quantity
+        # The quick acceptance of a plainly valid order, a subset of what the validator accepts: the instrument's
+        # quantity rules here, the shape, price and notional below. False means "ask the validator", not "invalid".
+        # The remainder is exact: the quantity is bounded, so the quotient has at most 20 digits, and the context
+        # keeps at least 21 (checked above).
+        is_plain = (
+            self._is_quick
+            and (side is _BUY or side is _SELL)
+            and request.stop_price is None
+            and type(quantity) is Decimal
+            and quantity.is_finite()
+            and self._min_size <= quantity <= self._max_size
+            and not quantity % self._step
+        )
         if order_type == _LIMIT:
+            price = request.price
+            tif = request.time_in_force
+            ticks = 0
+            if (
+                is_plain
+                and (tif is _GTC or ((tif is _IOC or tif is _FOK) and not request.post_only))
+                and type(price) is Decimal
+                and price.is_finite()
+            ):
+                # The price in ticks, exactly; on the tick and in range, or not plain.
+                numerator, denominator = price.as_integer_ratio()
+                tick_numerator, tick_denominator = self._tick_ratio
+                ticks, off_tick = divmod(numerator * tick_denominator, denominator * tick_numerator)
+                minimum = self._min_notional
+                if (
+                    off_tick
+                    or not 0 < ticks < self._tick_limit
+                    or (minimum and multiply_exact(quantity, price) < minimum)
+                ):
+                    ticks = 0
+            if not ticks and not self._is_valid(request, is_buy, events):
+                return events
             if price is None:
                 raise ValueError(f"order {order_id}: a limit order without a price passed validation")
-            if request.post_only and self._crosses(is_buy, price):
-                detail = f"post-only {request.side} at {price} would take liquidity from the book"
+            best = self._liquidity.best_ask if is_buy else self._liquidity.best_bid
+            crosses = best is not None and (best <= price if is_buy else best >= price)
+            if request.post_only and crosses:
+                detail = f"post-only {side} at {price} would take liquidity from the book"
                 events.append(Rejected(order_id, RejectCode.POST_ONLY_WOULD_CROSS, detail))
+            elif crosses or not ticks or tif is not _GTC:
+                self._work_limit(request, is_buy, quantity, price, ticks or None, None, events)
             else:
-                self._work_limit(order, price, request.time_in_force, request.ts, events)
+                ladder = self._bids if is_buy else self._asks
+                level = ladder.levels.get(ticks) or ladder.open_level(ticks, price)
+                self._seq += 1
+                order = RestingOrder(request, quantity, self._seq, None, level)
+                level.orders.append(order)
+                level.count += 1
+                self._orders[order_id] = order
+                events.append(Rested(order_id))
         elif order_type == _MARKET:
-            self._work_market(order, request.time_in_force, request.ts, events)
-        else:
-            self._hold_stop(order, events)
+            tif = request.time_in_force
+            if is_plain and (tif is _IOC or tif is _FOK) and request.price is None and not request.post_only:
+                minimum, reference = self._min_notional, self._liquidity.reference_price(is_buy)
+                is_plain = not minimum or reference is None or multiply_exact(quantity, reference) >= minimum
+            else:
+                is_plain = False
+            if is_plain or self._is_valid(request, is_buy, events):
+                self._work_market(order_id, is_buy, quantity, tif, ts, events)
+        elif self._is_valid(request, is_buy, events):
+            self._hold_stop(request, is_buy, events)
         return events
 
     def cancel(self, order_id: str) -> list[Event]:
@@ -393,14 +256,14 @@ class MatchingEngine:
         if order is None:
             raise OrderNotWorking(f"order {order_id} is not working: unknown, or already filled, cancelled or rejected")
         order.is_alive = False
-        order.ladder.discard(order)
+        order.level.ladder.discard(order)
         return [Cancelled(order_id, _REQUESTED)]
 
     def on_trade(self, price: Decimal, quantity: Decimal, ts: datetime) -> list[Event]:
         """A market trade: fill resting orders it prints at or through, then trigger the stops it reaches."""
         if not isinstance(price, Decimal) or not price.is_finite() or price <= _ZERO:
             raise ValueError(f"trade price {price!r} must be a positive Decimal")
-        if not isinstance(quantity, Decimal) or not _is_storable(quantity):
+        if not isinstance(quantity, Decimal) or not is_storable(quantity):
             raise ValueError(f"trade quantity {quantity!r} must be positive, below 10**12, with at most 8 decimals")
         if ts.tzinfo is None:
             raise ValueError(f"trade ts {ts.isoformat()} is naive; it must be timezone-aware")
@@ -408,15 +271,13 @@ class MatchingEngine:
             _refuse_context()
         events: list[Event] = []
         self.last_trade_price = price
-        best_bid, best_ask = self._bids.highest(), self._asks.lowest()
-        if best_bid is not None and best_bid.price >= price:
+        best = self._bids.best()
+        if best is not None and best.price >= price:
             self._match_trade(self._bids, True, price, quantity, ts, events)
-        if best_ask is not None and best_ask.price <= price:
+        best = self._asks.best()
+        if best is not None and best.price <= price:
             self._match_trade(self._asks, False, price, quantity, ts, events)
-        lowest_buy_stop, highest_sell_stop = self._buy_stops.lowest(), self._sell_stops.highest()
-        if (lowest_buy_stop is not None and lowest_buy_stop.price <= price) or (
-            highest_sell_stop is not None and highest_sell_stop.price >= price
-        ):
+        if self._buy_stops.levels or self._sell_stops.levels:
             for order in self._pop_triggered(price):
                 self._work_triggered(order, ts, events)
         return events
@@ -432,14 +293,14 @@ class MatchingEngine:
                 f"book for {book.symbol} on {book.exchange} given to the engine of {self.instrument.symbol} on "
                 f"{self.instrument.exchange}"
             )
-        _check_book_storable(book)
+        check_book_storable(book)
         if getcontext().prec < _MIN_PRECISION:
             _refuse_context()
-        self.book = book
         events: list[Event] = []
         ts = book.timestamp
-        self._ask_index, self._ask_used = self._match_book(self._bids, True, book.asks, ts, events)
-        self._bid_index, self._bid_used = self._match_book(self._asks, False, book.bids, ts, events)
+        asks_taken = self._match_book(self._bids, True, book.asks, ts, events)
+        bids_taken = self._match_book(self._asks, False, book.bids, ts, events)
+        self._liquidity.reset(book, asks_taken, bids_taken)
         return events
 
     def restore(self, orders: Iterable[OpenOrder]) -> None:
@@ -451,17 +312,19 @@ class MatchingEngine:
         for stored in sorted(orders, key=lambda o: o.priority_ts):
             request = stored.request
             self._check_restorable(stored)
-            self._seq += 1
             is_buy = request.side == _BUY
-            order = _Order(request, is_buy, request.quantity - stored.filled_quantity, self._seq)
-            order.triggered_at = stored.triggered_at
             if request.type == _LIMIT or stored.triggered_at is not None:
                 price = _required(request.price, request)
-                (self._bids if is_buy else self._asks).add(order, self._ticks_checked(price, request), price)
+                ladder = self._bids if is_buy else self._asks
             else:
-                stop = _required(request.stop_price, request)
-                (self._buy_stops if is_buy else self._sell_stops).add(order, self._ticks_checked(stop, request), stop)
-            self._orders[request.order_id] = order
+                price = _required(request.stop_price, request)
+                ladder = self._buy_stops if is_buy else self._sell_stops
+            ticks = self._ticks_checked(price, request)
+            self._seq += 1
+            remaining = request.quantity - stored.filled_quantity
+            self._orders[request.order_id] = ladder.add(
+                request, remaining, self._seq, stored.triggered_at, ticks, price
+            )
 
     # -- queries --------------------------------------------------------------------------------------------------
 
@@ -483,170 +346,176 @@ class MatchingEngine:
             raise OrderNotWorking(f"order {order_id} is not working")
         return order.remaining
 
-    # -- internals ------------------------------------------------------------------------------------------------
+    # -- validation -----------------------------------------------------------------------------------------------
 
-    def _reference_price(self, is_buy: bool) -> Decimal | None:
-        book = self.book
-        if book is None:
-            return None
-        levels = book.asks if is_buy else book.bids
-        return levels[0].price if levels else None
-
-    def _crosses(self, is_buy: bool, limit: Decimal | None) -> bool:
-        """Whether a limit order would take liquidity still available in the current book."""
-        book = self.book
-        if book is None or limit is None:
+    def _is_valid(self, request: OrderRequest, is_buy: bool, events: list[Event]) -> bool:
+        """Run the validator; a refusal becomes a `Rejected` event."""
+        try:
+            self._validate(
+                request.side,
+                request.type,
+                request.quantity,
+                request.price,
+                request.stop_price,
+                request.time_in_force,
+                request.post_only,
+                self._liquidity.reference_price(is_buy) if request.type == _MARKET else None,
+            )
+        except OrderRejected as exc:
+            events.append(Rejected(request.order_id, exc.code, exc.detail))
             return False
-        if is_buy:
-            return self._ask_index < len(book.asks) and book.asks[self._ask_index].price <= limit
-        return self._bid_index < len(book.bids) and book.bids[self._bid_index].price >= limit
+        return True
 
-    def _available(self, is_buy: bool, limit: Decimal | None, wanted: Decimal) -> bool:
-        """Whether the book still holds `wanted` at prices no worse than `limit`."""
-        book = self.book
-        if book is None:
-            return False
-        if is_buy:
-            levels, index, used = book.asks, self._ask_index, self._ask_used
-        else:
-            levels, index, used = book.bids, self._bid_index, self._bid_used
-        total = -used
-        for level in levels[index:]:
-            if limit is not None and (level.price > limit if is_buy else level.price < limit):
-                break
-            total += level.quantity
-            if total >= wanted:
-                return True
-        return False
+    def _ticks_checked(self, price: Decimal, request: OrderRequest) -> int:
+        ticks = price / self._tick
+        if ticks != ticks.to_integral_value():
+            # The instrument's tick changed since the order was placed: queueing it would merge distinct prices.
+            raise ValueError(f"order {request.order_id}: {price} is not on the tick {self._tick}")
+        return int(ticks)
 
-    def _fill(self, quantity: Decimal, price: Decimal, rate: Decimal, liquidity: Liquidity, ts: datetime) -> Fill:
-        fee = _mul(_mul(quantity, price), rate).quantize(STORED_QUANTUM, ROUND_HALF_EVEN, _ROUND)
-        return Fill(self._next_trade_id(), quantity, price, fee, liquidity, ts)
+    def _check_restorable(self, stored: OpenOrder) -> None:
+        request = stored.request
+        if request.order_id in self._orders:
+            raise DuplicateOrder(f"order {request.order_id} appears twice")
+        is_triggered = stored.triggered_at is not None
+        is_on_book = request.type == _LIMIT or (request.type == OrderType.STOP_LIMIT and is_triggered)
+        is_waiting = request.type in (_STOP, OrderType.STOP_LIMIT) and not is_triggered
+        if not (is_on_book or is_waiting):
+            raise ValueError(f"order {request.order_id}: a {request.type} order (triggered={is_triggered}) never rests")
+        if is_on_book and (request.time_in_force != _GTC or request.price is None):
+            raise ValueError(f"order {request.order_id}: only GTC orders with a price rest on the book")
+        if is_waiting and request.stop_price is None:
+            raise ValueError(f"order {request.order_id}: a waiting stop needs a stop price")
+        filled = stored.filled_quantity
+        if not is_storable(request.quantity) or not (filled == 0 or is_storable(filled)):
+            raise ValueError(f"order {request.order_id}: quantity or filled {filled} is not storable")
+        if not filled < request.quantity or (filled and not is_on_book):
+            raise ValueError(f"order {request.order_id}: filled {filled} of {request.quantity} cannot be working")
 
-    def _take(self, order: _Order, limit: Decimal | None, ts: datetime, events: list[Event]) -> None:
-        """Fill `order` as taker from the book, best level first, at each level's price, no worse than `limit`."""
-        book = self.book
-        if book is None:
+    # -- taking liquidity -----------------------------------------------------------------------------------------
+
+    def _work_market(
+        self, order_id: str, is_buy: bool, quantity: Decimal, tif: TimeInForce, ts: datetime, events: list[Event]
+    ) -> None:
+        liquidity = self._liquidity
+        if tif == _FOK and not liquidity.available(is_buy, None, quantity):
+            events.append(Cancelled(order_id, _FOK_UNFILLED))
             return
-        is_buy = order.is_buy
-        if is_buy:
-            levels, index, used = book.asks, self._ask_index, self._ask_used
-        else:
-            levels, index, used = book.bids, self._bid_index, self._bid_used
-        remaining = order.remaining
-        count = len(levels)
-        rate = self.taker_fee_rate
-        while remaining and index < count:
-            level = levels[index]
-            price = level.price
-            if limit is not None and (price > limit if is_buy else price < limit):
-                break
-            available = level.quantity - used
-            if available > remaining:
-                take = remaining
-                used += take
-            else:
-                take = available
-                index += 1
-                used = _ZERO
-            remaining -= take
-            events.append(Filled(order.order_id, self._fill(take, price, rate, "taker", ts)))
-        order.remaining = remaining
-        if is_buy:
-            self._ask_index, self._ask_used = index, used
-        else:
-            self._bid_index, self._bid_used = index, used
+        if liquidity.take(order_id, is_buy, quantity, None, self.taker_fee_rate, ts, events):
+            events.append(Cancelled(order_id, _IOC_REMAINDER))
 
-    def _work_market(self, order: _Order, tif: TimeInForce, ts: datetime, events: list[Event]) -> None:
-        if tif == _FOK and not self._available(order.is_buy, None, order.remaining):
-            events.append(Cancelled(order.order_id, _FOK_UNFILLED))
-            return
-        self._take(order, None, ts, events)
-        if order.remaining:
-            events.append(Cancelled(order.order_id, _IOC_REMAINDER))
+    def _work_limit(
+        self,
+        request: OrderRequest,
+        is_buy: bool,
+        remaining: Decimal,
+        limit: Decimal,
+        ticks: int | None,
+        triggered_at: datetime | None,
+        events: list[Event],
+    ) -> None:
+        """Take what crosses, then rest the remainder (GTC) or cancel it.
 
-    def _work_limit(self, order: _Order, limit: Decimal, tif: TimeInForce, ts: datetime, events: list[Event]) -> None:
-        is_buy = order.is_buy
-        if tif == _FOK and not self._available(is_buy, limit, order.remaining):
-            events.append(Cancelled(order.order_id, _FOK_UNFILLED))
+        `ticks` is the limit's, when `submit` has it; `triggered_at` is set for a stop-limit that has just triggered:
+        it works from then, and joins the queue behind the orders already resting.
+        """
+        order_id = request.order_id
+        tif = request.time_in_force
+        liquidity = self._liquidity
+        if tif == _FOK and not liquidity.available(is_buy, limit, remaining):
+            events.append(Cancelled(order_id, _FOK_UNFILLED))
             return
-        book = self.book
-        if book is not None and (
-            (self._ask_index < len(book.asks) and book.asks[self._ask_index].price <= limit)
-            if is_buy
-            else (self._bid_index < len(book.bids) and book.bids[self._bid_index].price >= limit)
-        ):
-            self._take(order, limit, ts, events)
-            if not order.remaining:
+        if liquidity.crosses(is_buy, limit):
+            ts = triggered_at or request.ts
+            remaining = liquidity.take(order_id, is_buy, remaining, limit, self.taker_fee_rate, ts, events)
+            if not remaining:
                 return
-        if tif == _GTC:
-            # Exact: the limit is on the tick (validated), so the quotient is a whole number of at most 21 digits.
-            (self._bids if is_buy else self._asks).add(order, int(limit / self._tick), limit)
-            self._orders[order.order_id] = order
-            events.append(Rested(order.order_id))
-        else:
-            events.append(Cancelled(order.order_id, _IOC_REMAINDER))
-
-    def _hold_stop(self, order: _Order, events: list[Event]) -> None:
-        stop = _required(order.request.stop_price, order.request)
-        last = self.last_trade_price
-        if last is not None and (last >= stop if order.is_buy else last <= stop):
-            detail = f"the last trade at {last} is already through the stop price {stop}"
-            events.append(Rejected(order.order_id, RejectCode.STOP_WOULD_TRIGGER_IMMEDIATELY, detail))
+        if tif != _GTC:
+            events.append(Cancelled(order_id, _IOC_REMAINDER))
             return
-        (self._buy_stops if order.is_buy else self._sell_stops).add(order, int(stop / self._tick), stop)
-        self._orders[order.order_id] = order
-        events.append(Rested(order.order_id))
+        if ticks is None:
+            # Exact: the limit is on the tick (validated), so the quotient is a whole number of at most 21 digits.
+            ticks = int(limit / self._tick)
+        # `Ladder.add`, inline: every resting order passes here.
+        ladder = self._bids if is_buy else self._asks
+        level = ladder.levels.get(ticks) or ladder.open_level(ticks, limit)
+        self._seq += 1
+        order = RestingOrder(request, remaining, self._seq, triggered_at, level)
+        level.orders.append(order)
+        level.count += 1
+        self._orders[order_id] = order
+        events.append(Rested(order_id))
 
-    def _work_triggered(self, order: _Order, ts: datetime, events: list[Event]) -> None:
-        del self._orders[order.order_id]
-        events.append(Triggered(order.order_id, ts))
-        request = order.request
+    # -- stops ----------------------------------------------------------------------------------------------------
+
+    def _hold_stop(self, request: OrderRequest, is_buy: bool, events: list[Event]) -> None:
+        order_id = request.order_id
+        stop = _required(request.stop_price, request)
+        last = self.last_trade_price
+        if last is not None and (last >= stop if is_buy else last <= stop):
+            detail = f"the last trade at {last} is already through the stop price {stop}"
+            events.append(Rejected(order_id, RejectCode.STOP_WOULD_TRIGGER_IMMEDIATELY, detail))
+            return
+        self._seq += 1
+        ladder = self._buy_stops if is_buy else self._sell_stops
+        ticks = int(stop / self._tick)
+        self._orders[order_id] = ladder.add(request, request.quantity, self._seq, None, ticks, stop)
+        events.append(Rested(order_id))
+
+    def _work_triggered(self, order: RestingOrder, ts: datetime, events: list[Event]) -> None:
+        request, order_id = order.request, order.order_id
+        del self._orders[order_id]
+        events.append(Triggered(order_id, ts))
+        is_buy = request.side == _BUY
         if request.type == _STOP:
             # Market orders are IOC by nature; a stop's GTC was its wait for the trigger.
-            self._work_market(order, _IOC, ts, events)
+            self._work_market(order_id, is_buy, order.remaining, _IOC, ts, events)
             return
-        # It joins the book now: that is its time priority, behind the orders already resting.
-        self._seq += 1
-        order.seq = self._seq
-        order.triggered_at = ts
-        order.is_alive = True
-        self._work_limit(order, _required(request.price, request), request.time_in_force, ts, events)
+        self._work_limit(request, is_buy, order.remaining, _required(request.price, request), None, ts, events)
 
-    def _pop_triggered(self, price: Decimal) -> list[_Order]:
+    def _pop_triggered(self, price: Decimal) -> list[RestingOrder]:
         """Remove and return the stops a trade at `price` reaches, in submission order."""
-        triggered: list[_Order] = []
+        triggered: list[RestingOrder] = []
         buy_stops, sell_stops = self._buy_stops, self._sell_stops
-        level = buy_stops.lowest()
+        level = buy_stops.best()
         while level is not None and level.price <= price:
-            triggered.extend(o for o in buy_stops.remove_lowest().orders if o.is_alive)
-            level = buy_stops.lowest()
-        level = sell_stops.highest()
+            buy_stops.remove_best()
+            triggered.extend(o for o in level.orders if o.is_alive)
+            level = buy_stops.best()
+        level = sell_stops.best()
         while level is not None and level.price >= price:
-            triggered.extend(o for o in sell_stops.remove_highest().orders if o.is_alive)
-            level = sell_stops.highest()
+            sell_stops.remove_best()
+            triggered.extend(o for o in level.orders if o.is_alive)
+            level = sell_stops.best()
         triggered.sort(key=lambda o: o.seq)
         for order in triggered:
-            order.is_alive = False  # off the stop ladders; a stop-limit comes alive again on the book
+            order.is_alive = False  # off the stop ladders; a stop-limit comes back as a new record on the book
         return triggered
 
-    def _fill_maker(self, queue: _Level, order: _Order, take: Decimal, ts: datetime, events: list[Event]) -> None:
+    # -- resting orders -------------------------------------------------------------------------------------------
+
+    def _fill_maker(
+        self, queue: PriceLevel, order: RestingOrder, take: Decimal, ts: datetime, events: list[Event]
+    ) -> None:
         """Fill the head of `queue` by `take` at its own price; a completed order leaves the queue."""
         remaining = order.remaining - take
         order.remaining = remaining
-        events.append(Filled(order.order_id, self._fill(take, queue.price, self.maker_fee_rate, "maker", ts)))
+        price = queue.price
+        order_id = order.order_id
+        fee = round_fee(multiply_exact(multiply_exact(take, price), self.maker_fee_rate), STORED_QUANTUM)
+        events.append(Filled(order_id, Fill(self._next_trade_id(), take, price, fee, "maker", ts)))
         if not remaining:
             queue.orders.popleft()
             queue.count -= 1
             order.is_alive = False
-            del self._orders[order.order_id]
+            del self._orders[order_id]
 
     def _match_trade(
-        self, ladder: _Ladder, is_buy: bool, price: Decimal, quantity: Decimal, ts: datetime, events: list[Event]
+        self, ladder: Ladder, is_buy: bool, price: Decimal, quantity: Decimal, ts: datetime, events: list[Event]
     ) -> None:
         """Share a trade's `quantity` among the resting orders it prints at or through, best first."""
         while quantity:
-            queue = ladder.highest() if is_buy else ladder.lowest()
+            queue = ladder.best()
             if queue is None or (queue.price < price if is_buy else queue.price > price):
                 return
             orders = queue.orders
@@ -660,13 +529,10 @@ class MatchingEngine:
                 self._fill_maker(queue, order, take, ts, events)
             if queue.count:
                 return
-            if is_buy:
-                ladder.remove_highest()
-            else:
-                ladder.remove_lowest()
+            ladder.remove_best()
 
     def _match_book(
-        self, ladder: _Ladder, is_buy: bool, levels: Sequence[BookLevel], ts: datetime, events: list[Event]
+        self, ladder: Ladder, is_buy: bool, levels: Sequence[BookLevel], ts: datetime, events: list[Event]
     ) -> tuple[int, Decimal]:
         """Fill resting orders against the new book's `levels` (best first) that quote at or through them.
 
@@ -676,7 +542,7 @@ class MatchingEngine:
         count = len(levels)
         index, used = 0, _ZERO
         while index < count:
-            queue = ladder.highest() if is_buy else ladder.lowest()
+            queue = ladder.best()
             if queue is None:
                 break
             best = queue.price
@@ -705,34 +571,5 @@ class MatchingEngine:
                     break
             if queue.count:
                 break
-            if is_buy:
-                ladder.remove_highest()
-            else:
-                ladder.remove_lowest()
+            ladder.remove_best()
         return index, used
-
-    def _ticks_checked(self, price: Decimal, request: OrderRequest) -> int:
-        ticks = price / self._tick
-        if ticks != ticks.to_integral_value():
-            # The instrument's tick changed since the order was placed: queueing it would merge distinct prices.
-            raise ValueError(f"order {request.order_id}: {price} is not on the tick {self._tick}")
-        return int(ticks)
-
-    def _check_restorable(self, stored: OpenOrder) -> None:
-        request = stored.request
-        if request.order_id in self._orders:
-            raise DuplicateOrder(f"order {request.order_id} appears twice")
-        is_triggered = stored.triggered_at is not None
-        is_on_book = request.type == _LIMIT or (request.type == OrderType.STOP_LIMIT and is_triggered)
-        is_waiting = request.type in (_STOP, OrderType.STOP_LIMIT) and not is_triggered
-        if not (is_on_book or is_waiting):
-            raise ValueError(f"order {request.order_id}: a {request.type} order (triggered={is_triggered}) never rests")
-        if is_on_book and (request.time_in_force != _GTC or request.price is None):
-            raise ValueError(f"order {request.order_id}: only GTC orders with a price rest on the book")
-        if is_waiting and request.stop_price is None:
-            raise ValueError(f"order {request.order_id}: a waiting stop needs a stop price")
-        filled = stored.filled_quantity
-        if not _is_storable(request.quantity) or not (filled == 0 or _is_storable(filled)):
-            raise ValueError(f"order {request.order_id}: quantity or filled {filled} is not storable")
-        if not filled < request.quantity or (filled and not is_on_book):
-            raise ValueError(f"order {request.order_id}: filled {filled} of {request.quantity} cannot be working")
