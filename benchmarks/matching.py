@@ -4,7 +4,7 @@ The workload is BTC/USDT (tick 0.01, step 0.00001) around 60,000 with a 20-level
 operations drawn from a seeded `random.Random`, so every run does the same work:
 
 - add (50%): a GTC limit order that rests (validated, queued, a `Rested` event), within 2,000 ticks of the mid;
-- cancel (25%): a random working order (lazy deletion; O(1) unless its level empties);
+- cancel (25%): a random working order (lazy deletion: O(1), an emptied level's heap entry goes when it surfaces);
 - match (25%): an IOC market order walking one to three book levels (12%), a market trade filling the resting
   orders it prints through (12%), or a fresh book, which refills the liquidity and can fill resting orders it quotes
   through (1%).

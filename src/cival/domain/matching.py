@@ -29,25 +29,25 @@ and detail). An order refused by validation is an event, not an exception; excep
 (a duplicate id, a naive timestamp, cancelling an order that is not working).
 
 Everything is deterministic: no clock, no randomness; trade ids come from `id_source` in event order, so the same
-calls give the same events. Working orders queue in `resting_book` (price levels in integer ticks, O(1) cancel).
+calls give the same events.
+
+The parts: `matching_events` (requests, stored orders, events, errors; re-exported here), `resting_book` (the engine's
+own book: price levels by integer ticks, a heap for the best one, O(1) cancel), `book_liquidity` (what is left of the
+latest L2 snapshot for takers, and the storable checks) and this module, which works orders through them.
 
 Speed (`benchmarks/matching.py`): every paper order and market step runs through here, and in CPython the cost is
-the number of bytecodes, calls and objects per operation, so the common case is written for that. A plainly valid
-limit or market order is accepted by a few comparisons inline, which also give the limit in integer ticks; anything
-else, or any doubt, goes to `OrderValidator`, which stays the authority and words the rejection. Decimal methods are
-called through a context (`_DOWN.quantize(x, q)`, not `x.quantize(q, ROUND_DOWN, context)`: keyword parsing costs
-more than the quantize). A book is checked storable with one trapping quantize per value. Orders that never rest
-(market, IOC, FOK) get no queue record; the limit path queues its order inline.
+counted in bytecodes, calls and objects per operation, so the common case is written for that. A plainly valid limit
+or market order is accepted by a few comparisons inline (quantity bounds, a remainder for the step, the limit's
+integer ratio for the tick, which is also its key in ticks); anything else, or any doubt, goes to `OrderValidator`,
+which stays the authority and words the rejection. Orders that never rest (market, IOC, FOK) get no queue record,
+and a limit that rests without crossing is queued inline.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from decimal import (
-    Decimal,
-    getcontext,
-)
+from decimal import Decimal, getcontext
 
 from cival.domain.book_liquidity import BookLiquidity, check_book_storable, is_storable, multiply_exact, round_fee
 from cival.domain.candles import TradeTick
@@ -221,6 +221,7 @@ class MatchingEngine:
                 return events
             if price is None:
                 raise ValueError(f"order {order_id}: a limit order without a price passed validation")
+            # `BookLiquidity.crosses`, and below the resting tail of `_work_limit`, inline: most orders go this way.
             best = self._liquidity.best_ask if is_buy else self._liquidity.best_bid
             crosses = best is not None and (best <= price if is_buy else best >= price)
             if request.post_only and crosses:
@@ -228,7 +229,7 @@ class MatchingEngine:
                 events.append(Rejected(order_id, RejectCode.POST_ONLY_WOULD_CROSS, detail))
             elif crosses or not ticks or tif is not _GTC:
                 self._work_limit(request, is_buy, quantity, price, ticks or None, None, events)
-            else:
+            else:  # `Ladder.add`
                 ladder = self._bids if is_buy else self._asks
                 level = ladder.levels.get(ticks) or ladder.open_level(ticks, price)
                 self._seq += 1
@@ -436,14 +437,9 @@ class MatchingEngine:
         if ticks is None:
             # Exact: the limit is on the tick (validated), so the quotient is a whole number of at most 21 digits.
             ticks = int(limit / self._tick)
-        # `Ladder.add`, inline: every resting order passes here.
-        ladder = self._bids if is_buy else self._asks
-        level = ladder.levels.get(ticks) or ladder.open_level(ticks, limit)
         self._seq += 1
-        order = RestingOrder(request, remaining, self._seq, triggered_at, level)
-        level.orders.append(order)
-        level.count += 1
-        self._orders[order_id] = order
+        ladder = self._bids if is_buy else self._asks
+        self._orders[order_id] = ladder.add(request, remaining, self._seq, triggered_at, ticks, limit)
         events.append(Rested(order_id))
 
     # -- stops ----------------------------------------------------------------------------------------------------

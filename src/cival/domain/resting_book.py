@@ -88,7 +88,7 @@ class Ladder:
     ) -> RestingOrder:
         """Queue a working order last at `ticks`, opening the level at `price` if there is none.
 
-        The engine's limit path does the same inline: it runs for every order that rests.
+        `MatchingEngine.submit` does the same inline for a plain limit order that rests: most orders go that way.
         """
         level = self.levels.get(ticks) or self.open_level(ticks, price)
         order = RestingOrder(request, remaining, seq, triggered_at, level)
