@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +27,8 @@ from cival.core.db import Database, make_engine
 from cival.core.service_registry import ServiceRegistry
 from cival.database import migrate
 from cival.database.models import Base
+from cival.services.market_data_service import MarketDataService
+from tests.api._identity import Identities
 
 TEST_DATABASE_URL = os.environ.get("CIVAL_TEST_DATABASE_URL", "")
 TEST_REDIS_URL = os.environ.get("CIVAL_TEST_REDIS_URL", "")
@@ -159,3 +163,24 @@ def _no_settings_cache() -> Iterator[None]:
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+MARKET_START = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+"""Where the tests' simulated market starts: the same seed and start give the same prices in every run."""
+
+
+@pytest.fixture
+async def market(registry: ServiceRegistry, clean_db: Any) -> MarketDataService:
+    """The app's market data, leading from MARKET_START and stepped once: books and tickers exist."""
+    service = registry.market_data
+    await service.start(run=False)
+    await service.become_leader(start_time=MARKET_START)
+    await service.run_step()
+    return service
+
+
+@pytest.fixture
+async def ids(app: FastAPI) -> AsyncIterator[Identities]:
+    """Users and clients with unique addresses, closed after the test."""
+    async with Identities(app) as kit:
+        yield kit

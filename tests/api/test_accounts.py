@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import select
 
 from cival.core.service_registry import ServiceRegistry
 from cival.database.models import Balance, SystemLog, TradingAccount
 from tests.api._identity import ACCOUNTS, CREDENTIALS, Caller, Identities, audit_rows, count_rows
-
-
-@pytest.fixture
-async def ids(app: FastAPI) -> AsyncIterator[Identities]:
-    async with Identities(app) as kit:
-        yield kit
 
 
 def _amount(value: Decimal) -> str:

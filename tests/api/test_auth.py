@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import select, update
 
 from cival.core.security import Passwords
@@ -35,12 +33,6 @@ from tests.api._identity import (
     sha256_hex,
     unique_email,
 )
-
-
-@pytest.fixture
-async def ids(app: FastAPI) -> AsyncIterator[Identities]:
-    async with Identities(app) as kit:
-        yield kit
 
 
 async def _deactivate(registry: ServiceRegistry, user_id: uuid.UUID) -> None:

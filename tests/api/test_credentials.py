@@ -6,23 +6,15 @@ import json
 import logging
 import secrets
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import delete, select, update
 
 from cival.core.security import CredentialCipher, CredentialDecryptError, KeyRing
 from cival.core.service_registry import ServiceRegistry
 from cival.database.models import SystemLog, UserApiKey
 from tests.api._identity import CREDENTIALS, Caller, Identities, audit_rows, count_rows
-
-
-@pytest.fixture
-async def ids(app: FastAPI) -> AsyncIterator[Identities]:
-    async with Identities(app) as kit:
-        yield kit
 
 
 def _secrets() -> dict[str, str]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import select
 
 from cival.core.service_registry import ServiceRegistry
@@ -21,13 +19,6 @@ from tests.api._identity import ACCOUNTS, Caller, Identities
 
 WEBHOOKS = "/api/v1/notifications/webhooks"
 ORDERS = "/api/v1/orders"
-START = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def ids(app: FastAPI) -> AsyncIterator[Identities]:
-    async with Identities(app) as kit:
-        yield kit
 
 
 @pytest.fixture
@@ -192,15 +183,6 @@ async def test_a_failing_test_event_is_reported(ids: Identities, receiver: Recei
 
 
 # --- from the order path -----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def market(registry: ServiceRegistry, clean_db: Any) -> MarketDataService:
-    service = registry.market_data
-    await service.start(run=False)
-    await service.become_leader(start_time=START)
-    await service.run_step()  # books and tickers exist
-    return service
 
 
 async def test_fills_reach_the_webhook_and_a_stuck_endpoint_never_delays_an_order(

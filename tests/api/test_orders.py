@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from cival.core.service_registry import ServiceRegistry
@@ -20,22 +17,6 @@ from cival.services.market_data_service import MarketDataService
 from tests.api._identity import ACCOUNTS, Caller, Identities
 
 ORDERS = "/api/v1/orders"
-START = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def market(registry: ServiceRegistry, clean_db: Any) -> MarketDataService:
-    service = registry.market_data
-    await service.start(run=False)
-    await service.become_leader(start_time=START)
-    await service.run_step()  # books and tickers exist
-    return service
-
-
-@pytest.fixture
-async def ids(app: FastAPI) -> AsyncIterator[Identities]:
-    async with Identities(app) as kit:
-        yield kit
 
 
 async def _trader(ids: Identities) -> tuple[Caller, str]:

@@ -8,13 +8,10 @@ fees in the quote asset, USD valuation at the latest tickers), independently of 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-import pytest
-from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from cival.core.service_registry import ServiceRegistry
@@ -29,7 +26,6 @@ BALANCES = "/api/v1/portfolio/balances"
 SUMMARY = "/api/v1/portfolio/summary"
 SNAPSHOTS = "/api/v1/portfolio/snapshots"
 TICKERS = "/api/v1/market-data/tickers"
-START = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 EIGHT = Decimal("0.00000001")
 TAKER_FEE_RATE = Decimal("0.001")
 STARTING_USDT = Decimal(10000)
@@ -37,21 +33,6 @@ STARTING_USDT = Decimal(10000)
 
 def q8(value: Decimal) -> Decimal:
     return value.quantize(EIGHT, rounding=ROUND_HALF_EVEN)
-
-
-@pytest.fixture
-async def market(registry: ServiceRegistry, clean_db: Any) -> MarketDataService:
-    service = registry.market_data
-    await service.start(run=False)
-    await service.become_leader(start_time=START)
-    await service.run_step()  # books and tickers exist
-    return service
-
-
-@pytest.fixture
-async def ids(app: FastAPI) -> AsyncIterator[Identities]:
-    async with Identities(app) as kit:
-        yield kit
 
 
 async def _trader(ids: Identities) -> tuple[Caller, str]:

@@ -9,13 +9,11 @@ the API first and the limit set to it, so "at the limit" is exact.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import select
 
 from cival.core.cache import RedisCache
@@ -43,12 +41,6 @@ async def market(registry: ServiceRegistry, clean_db: Any, monkeypatch: pytest.M
     await service.become_leader(start_time=START)
     await service.run_step()  # books and tickers exist
     return service
-
-
-@pytest.fixture
-async def ids(app: FastAPI) -> AsyncIterator[Identities]:
-    async with Identities(app) as kit:
-        yield kit
 
 
 async def _trader(ids: Identities) -> tuple[Caller, str]:

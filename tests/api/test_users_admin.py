@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime
 
 import pytest
-from fastapi import FastAPI
 
 from cival.core.service_registry import ServiceRegistry
 from cival.database.models import SystemLog, User, UserSession
@@ -21,13 +19,6 @@ from tests.api._identity import (
     error_fields,
     get_user_row,
 )
-
-
-@pytest.fixture
-async def ids(app: FastAPI) -> AsyncIterator[Identities]:
-    async with Identities(app) as kit:
-        yield kit
-
 
 # --- /users/me -------------------------------------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -30,7 +29,6 @@ from tests.api._identity import ACCOUNTS, Caller, Identities
 
 DEADLINE = 10.0
 ORDERS = "/api/v1/orders"
-START = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 ALL = ["orders", "trades", "positions", "balances", "portfolio", "alerts"]
 
 Frame = dict[str, Any]
@@ -59,21 +57,6 @@ async def serve(app: FastAPI) -> AsyncIterator[str]:
 async def ws_url(app: FastAPI) -> AsyncIterator[str]:
     async with serve(app) as url:
         yield url
-
-
-@pytest.fixture
-async def ids(app: FastAPI) -> AsyncIterator[Identities]:
-    async with Identities(app) as kit:
-        yield kit
-
-
-@pytest.fixture
-async def market(registry: ServiceRegistry, clean_db: Any) -> MarketDataService:
-    service = registry.market_data
-    await service.start(run=False)
-    await service.become_leader(start_time=START)
-    await service.run_step()  # books and tickers exist
-    return service
 
 
 Open = Callable[..., Awaitable[ClientConnection]]

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -25,16 +23,6 @@ from cival.services.market_data_service import MarketDataService
 from tests.api._identity import ACCOUNTS, Caller, Identities
 
 ORDERS = "/api/v1/orders"
-START = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def market(registry: ServiceRegistry, clean_db: Any) -> MarketDataService:
-    service = registry.market_data
-    await service.start(run=False)
-    await service.become_leader(start_time=START)
-    await service.run_step()
-    return service
 
 
 async def _worker(settings: Settings) -> AsyncIterator[FastAPI]:

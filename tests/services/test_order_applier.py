@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
-import pytest
-from fastapi import FastAPI
 from sqlalchemy import select
 
 from cival.core.service_registry import ServiceRegistry
@@ -23,23 +19,6 @@ from cival.domain.matching import Cancelled, Filled
 from cival.domain.orders import CancelReason, Fill
 from cival.services.market_data_service import MarketDataService
 from tests.api._identity import ACCOUNTS, Identities
-
-START = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def market(registry: ServiceRegistry, clean_db: Any) -> MarketDataService:
-    service = registry.market_data
-    await service.start(run=False)
-    await service.become_leader(start_time=START)
-    await service.run_step()
-    return service
-
-
-@pytest.fixture
-async def ids(app: FastAPI) -> AsyncIterator[Identities]:
-    async with Identities(app) as kit:
-        yield kit
 
 
 async def _resting_buys(ids: Identities, registry: ServiceRegistry, count: int) -> list[str]:
