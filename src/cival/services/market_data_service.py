@@ -169,6 +169,7 @@ class MarketDataService:
         self._known: set[tuple[str, str]] = set()
         self._status: dict[str, str] = {}
         self._last_ticker_write = 0.0
+        self._parsed_books: dict[str, tuple[bytes, OrderBookL2]] = {}  # cache key -> (its value, parsed): latest_book
         self._last_snapshot_write = 0.0
         self._task: asyncio.Task[None] | None = None
         self.is_leader = False
@@ -662,13 +663,19 @@ class MarketDataService:
 
     async def latest_book(self, exchange: str, symbol: str) -> OrderBookL2 | None:
         """The latest book as a domain object (for the paper exchange and valuations)."""
-        cached = await self.cache.get(f"md:latest:{book_channel(exchange, symbol)}")
+        key = f"md:latest:{book_channel(exchange, symbol)}"
+        cached = await self.cache.get(key)
         if cached is None:
             return None
+        parsed = self._parsed_books.get(key)
+        if parsed is not None and parsed[0] == cached:  # the same book as last time: parsed once per market step
+            return parsed[1]
         data = json.loads(cached)
-        return OrderBookL2.from_json_levels(
+        book = OrderBookL2.from_json_levels(
             symbol, exchange, data["bids"], data["asks"], datetime.fromisoformat(data["timestamp"])
         )
+        self._parsed_books[key] = (cached, book)
+        return book
 
     async def candles(
         self,

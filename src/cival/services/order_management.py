@@ -18,6 +18,7 @@ import contextlib
 import functools
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
@@ -50,10 +51,18 @@ from cival.services.auth_service import Principal
 from cival.services.order_applier import Changes, EventApplier, UserPublisher
 from cival.services.order_routing import OrderRoute, VenueUnavailable
 from cival.services.portfolio_tracker import reserve
-from cival.services.risk_manager import RiskGate, RiskRefused
+from cival.services.risk_manager import RiskGate, RiskRefused, TripFirst
 from cival.services.websocket_manager import publish_user
 
 log = get_logger(__name__)
+
+
+@dataclass
+class Stored(Changes):
+    """What storing a new order changed, and the gate's refusal when it was stored rejected."""
+
+    refusal: RiskRefused | None = None
+
 
 STOP_BUY_SLIPPAGE = Decimal("0.05")
 """A stop (market) buy reserves at its stop price plus this much: its fill price is not known before the trigger."""
@@ -198,12 +207,45 @@ class OrderManagementService:
         mid = None
         if book is not None and book.bids and book.asks:
             mid = (book.bids[0].price + book.asks[0].price) / 2
-        try:
-            await self.risk.check(order, instrument, mid)
-        except RiskRefused as refusal:
-            await self._store_refused(order, refusal)
-            raise
         asset, amount = self._reservation(order, instrument, book)
+        try:
+            stored = await self._store(order, instrument, mid, asset, amount)
+        except TripFirst as first:  # the kill switch is engaged first (outside any transaction); then as it came
+            await self.risk.trip(user_id, first.loss, first.limit)
+            stored = await self._store(order, instrument, mid, asset, amount, tripped=True)
+        except IntegrityError:
+            if client_order_id is None:
+                raise
+            existing = await self._by_client_id(user_id, client_order_id)
+            if existing is None:
+                raise
+            return self._same_or_refuse(existing, body, tif)
+        except pf.InsufficientFunds as exc:
+            raise InsufficientFundsError(
+                f"this order needs {amount} {asset} and the account has less free: {exc}"
+            ) from exc
+        # Stored (pending with its funds locked, or rejected with its alert): one message per change, before
+        # anything the venue does with it.
+        await self.applier.publish_changes(stored)
+        if stored.refusal is not None:
+            raise stored.refusal
+        # The order is stored and acknowledged: now, and only now, it goes to the venue.
+        return await self._send(order, instrument)
+
+    async def _store(
+        self,
+        order: Order,
+        instrument: Instrument,
+        mid: Decimal | None,
+        asset: str,
+        amount: Decimal,
+        *,
+        tripped: bool = False,
+    ) -> Stored:
+        """One transaction: the account is active, the risk gate passes (or the order is stored rejected with its
+        alert), the order is stored pending and its funds are locked."""
+        stored = Stored()
+        user_id = order.user_id
         self._sending.add(order.id)
         try:
             async with self.database.session(user_id) as session:
@@ -213,34 +255,32 @@ class OrderManagementService:
                     )
                 )
                 if active is None:
-                    raise NotFound(f"account {body.account_id} not found")
+                    raise NotFound(f"account {order.account_id} not found")
                 if not active:
-                    raise AccountInactive(f"account {body.account_id} is deactivated: reactivate it to trade")
-                session.add(order)
-                locked = await reserve(session, order, asset, amount)
-        except IntegrityError:
-            self._sending.discard(order.id)
-            if client_order_id is None:
-                raise
-            existing = await self._by_client_id(user_id, client_order_id)
-            if existing is None:
-                raise
-            return self._same_or_refuse(existing, body, tif)
-        except pf.InsufficientFunds as exc:
-            self._sending.discard(order.id)
-            raise InsufficientFundsError(
-                f"this order needs {amount} {asset} and the account has less free: {exc}"
-            ) from exc
+                    raise AccountInactive(f"account {order.account_id} is deactivated: reactivate it to trade")
+                try:
+                    await self.risk.check(order, instrument, mid, session, tripped=tripped)
+                except RiskRefused as refusal:
+                    order.status = OrderStatus.REJECTED.value
+                    order.reject_reason = f"risk:{refusal.limit_type}: {refusal.detail}"[:255]
+                    session.add(order)
+                    await session.flush()
+                    alert = await self.risk.record_refusal(session, order, refusal)
+                    if alert is not None:
+                        stored.alerts.append(alert)
+                    stored.refusal = refusal
+                else:
+                    session.add(order)
+                    locked = await reserve(session, order, asset, amount)
+                    stored.balances[locked.id] = locked
         except BaseException:
             self._sending.discard(order.id)
             raise
-        # Stored (pending, funds locked): one message per change, before anything the venue does with it.
-        stored = Changes()
+        if stored.refusal is not None:
+            self._sending.discard(order.id)
+            stored.users.add(user_id)
         stored.orders[order.id] = order
-        stored.balances[locked.id] = locked
-        await self.applier.publish_changes(stored)
-        # The order is stored and acknowledged: now, and only now, it goes to the venue.
-        return await self._send(order, instrument)
+        return stored
 
     async def _account_exchange(self, user_id: uuid.UUID, account_id: uuid.UUID) -> str:
         """The account's exchange (immutable, so remembered); whether it is active is checked when storing."""
@@ -257,24 +297,6 @@ class OrderManagementService:
             raise AccountInactive(f"account {account.id} is deactivated: reactivate it to trade")
         self._accounts[(user_id, account_id)] = account.exchange
         return account.exchange
-
-    async def _store_refused(self, order: Order, refusal: RiskRefused) -> None:
-        """A refused order is kept, rejected, with its alert; nothing is reserved or sent."""
-        order.status = OrderStatus.REJECTED.value
-        order.reject_reason = f"risk:{refusal.limit_type}: {refusal.detail}"[:255]
-        changes = Changes()
-        try:
-            async with self.database.session(order.user_id) as session:
-                session.add(order)
-                await session.flush()
-                alert = await self.risk.record_refusal(session, order, refusal)
-        except IntegrityError:  # a concurrent identical request stored the order first: it answers for both
-            return
-        changes.orders[order.id] = order
-        changes.users.add(order.user_id)
-        if alert is not None:
-            changes.alerts.append(alert)
-        await self.applier.publish_changes(changes)
 
     def _same_or_refuse(self, existing: Order, body: OrderIn, tif: str) -> OrderOut:
         wanted = body.model_dump() | {"time_in_force": tif, "symbol": body.symbol}

@@ -2,10 +2,12 @@
 
 Contract with the order path (`services/order_management.py`):
 
-- `RiskGate.check(order, instrument, reference_price)` runs for every order from every source, after the order is
-  validated against its pair and before anything is stored or sent. It raises `RiskRefused` to refuse the order.
-  It may engage the kill switch (automatic trip on a daily loss breach), which cancels the user's working orders
-  through `cancel_all`: the order path must not hold the paper exchange's lock or a write transaction around it.
+- `RiskGate.check(order, instrument, reference_price, session)` runs for every order from every source, after the
+  order is validated against its pair and before anything is sent, inside the transaction that stores the order (one
+  transaction per order, not two). It raises `RiskRefused` to refuse the order. When the kill switch must first be
+  engaged (automatic trip on a daily loss breach) it raises `TripFirst`: the order path ends its transaction, calls
+  `RiskGate.trip` (which cancels the user's working orders through `cancel_all`, so no write transaction may be held
+  around it) and asks again with `tripped=True`.
 - On a refusal the order path stores the order as `rejected` (reason `risk:<limit_type>: <detail>`), calls
   `RiskGate.record_refusal(session, order, refusal)` in the SAME transaction (it writes the `risk_alerts` row and
   returns it), publishes the order and the alert, and answers 422 with the refusal (503 when a check could not run).
@@ -112,6 +114,16 @@ class RiskRefused(ValidationFailed):
             severity=breach.severity,
             limit_id=breach.limit_id,
         )
+
+
+class TripFirst(Exception):
+    """Today's loss reached the daily_loss limit and the user's automatic trip is on: the kill switch is engaged
+    (`RiskGate.trip`) outside the caller's transaction before the order is judged."""
+
+    def __init__(self, loss: Decimal, limit: Decimal) -> None:
+        super().__init__(f"today's loss {loss} reached the daily_loss limit {limit}")
+        self.loss = loss
+        self.limit = limit
 
 
 class RiskCheckUnavailable(RiskRefused):
@@ -321,25 +333,54 @@ class RiskGate:
 
     # --- the gate --------------------------------------------------------------------------------------------
 
-    async def check(self, order: Order, instrument: Instrument, reference_price: Decimal | None) -> None:
-        """Refuse the order (`RiskRefused`) if it breaks a limit; every order from every source comes here."""
+    async def check(
+        self,
+        order: Order,
+        instrument: Instrument,
+        reference_price: Decimal | None,
+        session: AsyncSession | None = None,
+        *,
+        tripped: bool = False,
+    ) -> None:
+        """Refuse the order (`RiskRefused`) if it breaks a limit; every order from every source comes here.
+
+        With `session`, the gate reads (and, for a user's first order, seeds the default limits) inside the caller's
+        transaction, the one that then stores the order; it raises `TripFirst` when the kill switch must be engaged
+        before the order is judged (the caller ends its transaction, `trip`s, and asks again with `tripped`, which
+        judges the order as it came). Without one, the gate runs its own transaction and does all of that itself.
+        """
+        if session is None:
+            refused = None
+            try:
+                async with self.database.session(order.user_id) as own:
+                    try:
+                        await self.check(order, instrument, reference_price, own, tripped=tripped)
+                    except RiskRefused as refusal:  # the seeded defaults are kept
+                        refused = refusal
+            except TripFirst as first:
+                await self.trip(order.user_id, first.loss, first.limit)
+                await self.check(order, instrument, reference_price, tripped=True)
+                return
+            if refused is not None:
+                raise refused
+            return
         user_id = order.user_id
-        loaded = await self.load(user_id, order.symbol)
+        loaded = await self.load(user_id, order.symbol, session)
         if loaded.kill_switch is None:
-            async with self.database.session(user_id) as session:
-                await lock_user_limits(session, user_id)
-                await seed_defaults(session, user_id)
-            loaded = await self.load(user_id, order.symbol)
+            await lock_user_limits(session, user_id)
+            await seed_defaults(session, user_id)
+            loaded = await self.load(user_id, order.symbol, session)
         limits = risk.effective(loaded.limits, order.symbol)
         needs_prices = bool({LimitType.DAILY_LOSS, LimitType.LEVERAGE} & limits.keys())
         prices = await self._recent_prices() if needs_prices else {}
         standing = loaded.standing(self.deposit_per_account(prices))
         daily = limits.get(LimitType.DAILY_LOSS)
-        if daily is not None and loaded.trip_on_daily_loss and not loaded.kill_switch:
+        if daily is not None and loaded.trip_on_daily_loss and not loaded.kill_switch and not tripped:
             loss = risk.daily_loss(standing, prices)
             if loss is not None and loss >= daily.value:
-                # Engaged for what follows; this order is judged as it came (a daily_loss refusal says why).
-                await self.trip(user_id, loss, daily.value)
+                # Engaged before this order is stored; the order is then judged as it came (a daily_loss refusal
+                # says why).
+                raise TripFirst(loss, daily.value)
         intent = risk.OrderIntent(
             order.account_id,
             order.symbol,
@@ -354,7 +395,7 @@ class RiskGate:
             intent,
             limits,
             standing,
-            kill_switch=bool(loaded.kill_switch),
+            kill_switch=bool(loaded.kill_switch) and not tripped,
             reference=reference_price,
             prices=prices,
             quotes=self.quotes,
@@ -417,17 +458,19 @@ class RiskGate:
 
     # --- reading ---------------------------------------------------------------------------------------------
 
-    async def load(self, user_id: uuid.UUID, symbol: str | None) -> Loaded:
-        """Limits and standing in one query (positions of `symbol` only, when given)."""
+    async def load(self, user_id: uuid.UUID, symbol: str | None, session: AsyncSession | None = None) -> Loaded:
+        """Limits and standing in one query (positions of `symbol` only, when given), in `session` when given."""
         params = {"user_id": user_id, "today": datetime.now(UTC).date(), "symbol": symbol}
         statement = _STANDING[symbol is not None]
-        if self.database.is_sqlite:
+        if session is not None:
+            rows = (await session.execute(statement, params)).all()
+        elif self.database.is_sqlite:
             # No row-level security to bind on SQLite, and an ORM session costs a quarter of the gate's time there.
             async with self._reader.connect() as connection:
                 rows = (await connection.execute(statement, params)).all()
         else:
-            async with self.database.session(user_id, read_only=True) as session:
-                rows = (await session.execute(statement, params)).all()
+            async with self.database.session(user_id, read_only=True) as own:
+                rows = (await own.execute(statement, params)).all()
         return parse_standing(rows)
 
     def deposit_per_account(self, prices: Mapping[str, Decimal]) -> Decimal:
