@@ -66,9 +66,9 @@ def child(port: int) -> None:
     """The real app under uvicorn (plus `/bench/cpu` and `/bench/gate`); `BENCH_PROFILE=file` runs cProfile."""
     import uvicorn
 
-    from cival.app import create_app
+    from cival.app import app_factory
 
-    app = create_app()
+    app = app_factory()  # as `cival serve` builds it
     _gate_routes(app)
     if os.environ.get("BENCH_SECTIONS") == "1":
         _time_sections(app)
