@@ -19,6 +19,7 @@ Targets (issue 5): at least 40% of the raw rate on PostgreSQL, p99 under 50 ms. 
 platform's default risk limits, except `order_rate`, raised so the benchmark's burst is not refused.
 
 Run: `.venv/bin/python -m benchmarks.orders [--gate] [--profile] [--sections]` from the repository root.
+`PLAIN_HTTP=1` runs the servers on the standard asyncio loop and h11 instead of uvloop and httptools (D36).
 PostgreSQL is measured too when `CIVAL_BENCH_DATABASE_URL=postgresql://user@host:port/any` is set (a scratch
 database is created there, migrated, and dropped afterwards). `ORDERS=... RAW=...` change the sizes. `--profile`
 runs one extra, smaller SQLite pass with cProfile inside the server child (cProfile sees the event loop thread only:
@@ -74,7 +75,7 @@ def child(port: int) -> None:
         _time_sections(app)
     profile_to = os.environ.get("BENCH_PROFILE")
     if not profile_to:
-        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, **_loop())
         return
     import cProfile
 
@@ -94,7 +95,12 @@ def child(port: int) -> None:
         return {"ok": action}
 
     app.include_router(router)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, **_loop())
+
+
+def _loop() -> dict[str, str]:
+    """`PLAIN_HTTP=1`: uvicorn on the standard asyncio loop and h11 (what it uses without uvloop and httptools)."""
+    return {"loop": "asyncio", "http": "h11"} if os.environ.get("PLAIN_HTTP") == "1" else {}
 
 
 def _gate_routes(app: Any) -> None:
@@ -319,8 +325,9 @@ def server_env(data_dir: str, database_url: str, extra: dict[str, str] | None = 
         "CIVAL_RATE_LIMIT_LOGIN": "1000000/60",
         "CIVAL_RATE_LIMIT_REGISTER": "1000000/60",
         "CIVAL_MARKET_DATA_ENABLED": "true",
-        "CIVAL_MARKET_STEP_SECONDS": os.environ.get("STEP", "1"),
+        "CIVAL_MARKET_STEP_SECONDS": "1",
         "CIVAL_PAPER_STARTING_BALANCES": '{"USDT": "1000000"}',
+        "PLAIN_HTTP": os.environ.get("PLAIN_HTTP", ""),
     }
     if database_url:
         env["CIVAL_DATABASE_URL"] = database_url
