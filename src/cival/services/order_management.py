@@ -31,6 +31,7 @@ from cival.core.cache import Cache
 from cival.core.db import Database
 from cival.core.exceptions import Conflict, NotFound, ValidationFailed
 from cival.core.logging import get_logger
+from cival.database.driver_sql import DriverStatement
 from cival.database.models import Order, Trade, TradingAccount
 from cival.domain import portfolio as pf
 from cival.domain.instruments import Instrument
@@ -50,7 +51,7 @@ from cival.models.trading_models import OrderIn, OrderOut, OrderPage, TradeOut, 
 from cival.services.auth_service import Principal
 from cival.services.order_applier import Changes, EventApplier, UserPublisher
 from cival.services.order_routing import OrderRoute, VenueUnavailable
-from cival.services.portfolio_tracker import reserve
+from cival.services.portfolio_tracker import store_new_order
 from cival.services.risk_manager import RiskGate, RiskRefused, TripFirst
 from cival.services.websocket_manager import publish_user
 
@@ -63,6 +64,13 @@ class Stored(Changes):
 
     refusal: RiskRefused | None = None
 
+
+_ACCOUNTS = TradingAccount.__table__.c
+_ACCOUNT_ACTIVE = DriverStatement(
+    "SELECT is_active FROM trading_accounts WHERE id = :id AND user_id = :user_id",
+    {"id": _ACCOUNTS.id, "user_id": _ACCOUNTS.user_id},
+    [_ACCOUNTS.is_active],
+)
 
 STOP_BUY_SLIPPAGE = Decimal("0.05")
 """A stop (market) buy reserves at its stop price plus this much: its fill price is not known before the trigger."""
@@ -249,11 +257,8 @@ class OrderManagementService:
         self._sending.add(order.id)
         try:
             async with self.database.session(user_id) as session:
-                active = await session.scalar(
-                    select(TradingAccount.is_active).where(
-                        TradingAccount.id == order.account_id, TradingAccount.user_id == user_id
-                    )
-                )
+                found = await _ACCOUNT_ACTIVE.fetch(session, id=order.account_id, user_id=user_id)
+                active = found[0][0] if found else None
                 if active is None:
                     raise NotFound(f"account {order.account_id} not found")
                 if not active:
@@ -270,8 +275,7 @@ class OrderManagementService:
                         stored.alerts.append(alert)
                     stored.refusal = refusal
                 else:
-                    session.add(order)
-                    locked = await reserve(session, order, asset, amount)
+                    locked = await store_new_order(session, order, asset, amount)
                     stored.balances[locked.id] = locked
         except BaseException:
             self._sending.discard(order.id)

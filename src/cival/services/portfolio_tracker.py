@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cival.core.db import Database
+from cival.database.driver_sql import DriverInsert, DriverStatement
 from cival.database.models import Balance, Order, PortfolioSnapshot, Position, Trade, TradingAccount
 from cival.domain import portfolio as pf
 from cival.models.trading_models import PortfolioBalanceOut, PositionOut, SnapshotOut, SummaryOut
@@ -44,13 +45,41 @@ def _store(row: Balance, value: pf.Balance) -> None:
     row.free, row.locked, row.total = value.free, value.locked, value.total
 
 
-async def reserve(session: AsyncSession, order: Order, asset: str, amount: Decimal) -> Balance:
-    """Lock `amount` of `asset` for `order`; raises `pf.InsufficientFunds`."""
+_B = Balance.__table__.c
+_LOCK_BALANCE = DriverStatement(
+    "SELECT id, free, locked FROM balances WHERE account_id = :account_id AND asset = :asset FOR UPDATE",
+    {"account_id": _B.account_id, "asset": _B.asset},
+    [_B.id, _B.free, _B.locked],
+    sqlite_sql="SELECT id, free, locked FROM balances WHERE account_id = :account_id AND asset = :asset",
+)
+_SET_BALANCE = DriverStatement(
+    "UPDATE balances SET free = :free, locked = :locked, total = :total, updated_at = :updated_at WHERE id = :id",
+    {"free": _B.free, "locked": _B.locked, "total": _B.total, "updated_at": _B.updated_at, "id": _B.id},
+)
+_INSERT_BALANCE = DriverInsert(Balance.__table__)
+_INSERT_ORDER = DriverInsert(Order.__table__)
+
+
+async def store_new_order(session: AsyncSession, order: Order, asset: str, amount: Decimal) -> Balance:
+    """Insert the new `order` and lock `amount` of `asset` for it, in the caller's transaction (on the driver's
+    connection: this runs for every order, D38). Raises `pf.InsufficientFunds` before writing anything. Returns the
+    balance as it now stands (not attached to the session)."""
     if order.account_id is None:
         raise ValueError(f"order {order.id} has no account")
-    row = await _balance(session, order.account_id, order.user_id, asset, order.exchange)
-    _store(row, pf.reserve(pf.Balance(asset, row.free, row.locked), amount))
+    rows = await _LOCK_BALANCE.fetch(session, account_id=order.account_id, asset=asset)
+    balance_id, free, locked = rows[0] if rows else (uuid.uuid4(), Decimal(0), Decimal(0))
+    value = pf.reserve(pf.Balance(asset, free, locked), amount)
     order.reserved = amount
+    await _INSERT_ORDER.row(session, order)
+    row = new_balance(order.user_id, order.account_id, asset, order.exchange)
+    row.id, row.updated_at = balance_id, datetime.now(UTC)
+    _store(row, value)
+    if rows:
+        await _SET_BALANCE.execute(
+            session, free=row.free, locked=row.locked, total=row.total, updated_at=row.updated_at, id=row.id
+        )
+    else:
+        await _INSERT_BALANCE.row(session, row)
     return row
 
 

@@ -1,0 +1,174 @@
+"""Hot-path statements run on the database driver's own connection, inside the caller's SQLAlchemy transaction.
+
+SQLAlchemy's execution layer costs about as much CPU per statement as everything else an order does (D38), so the
+statements every order runs (the account check, the balance lock, the order insert, the balance update) are sent
+straight to the driver (asyncpg, or sqlite3 through aiosqlite): the transaction, its row-level-security setting and
+its commit stay SQLAlchemy's. Values are encoded and decoded with the columns' own SQLAlchemy types (their bind and
+result processors for the dialect), so a row written here is byte for byte what the ORM writes, and a value that does
+not fit its column is refused the same way (`DecimalPrecisionError`). Constraint violations surface as SQLAlchemy's
+`IntegrityError`, as they would through the ORM.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, FromClause, Numeric
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+_PLACEHOLDER = re.compile(r":(\w+)")
+
+Processor = Callable[[Any], Any] | None
+
+_PG_NUMERIC = 1700
+"""PostgreSQL's type OID of `numeric`: asyncpg's numeric result processor is chosen by the column's type OID."""
+
+
+def _numeric(column: ColumnElement[Any], asyncpg: bool) -> bool:
+    column_type = column.type
+    impl = getattr(column_type, "impl_instance", column_type)
+    return asyncpg and isinstance(impl, Numeric)
+
+
+class _Compiled:
+    __slots__ = ("sql", "names", "binds", "results", "asyncpg")
+
+    def __init__(
+        self, sql: str, names: list[str], binds: list[Processor], results: list[Processor], asyncpg: bool
+    ) -> None:
+        self.sql = sql
+        self.names = names
+        self.binds = binds
+        self.results = results
+        self.asyncpg = asyncpg
+
+
+class DriverStatement:
+    """One SQL statement with `:name` parameters typed by table columns, and result columns typed likewise.
+
+    `params` maps each parameter name to the column whose type encodes it; `results` lists the columns the statement
+    returns, in order. `sqlite_sql` replaces the text on SQLite where the two dialects differ (`FOR UPDATE`).
+    """
+
+    def __init__(
+        self,
+        sql: str,
+        params: dict[str, ColumnElement[Any]],
+        results: Sequence[ColumnElement[Any]] = (),
+        *,
+        sqlite_sql: str | None = None,
+    ) -> None:
+        self._sql = {"postgresql": sql, "sqlite": sqlite_sql or sql}
+        self._params = params
+        self._results = list(results)
+        self._compiled: dict[str, _Compiled] = {}
+
+    def _compile(self, dialect: Dialect) -> _Compiled:
+        compiled = self._compiled.get(dialect.name)
+        if compiled is not None:
+            return compiled
+        names: list[str] = []
+        asyncpg = dialect.driver == "asyncpg"
+
+        def placeholder(match: re.Match[str]) -> str:
+            names.append(match.group(1))
+            return f"${len(names)}" if asyncpg else "?"
+
+        sql = _PLACEHOLDER.sub(placeholder, self._sql[dialect.name])
+        binds: list[Processor] = [self._params[name].type._cached_bind_processor(dialect) for name in names]
+        results: list[Processor] = [
+            column.type._cached_result_processor(dialect, _PG_NUMERIC if _numeric(column, asyncpg) else None)
+            for column in self._results
+        ]
+        compiled = self._compiled[dialect.name] = _Compiled(sql, names, binds, results, asyncpg)
+        return compiled
+
+    def _bind(self, compiled: _Compiled, values: dict[str, Any]) -> list[Any]:
+        out = []
+        for name, process in zip(compiled.names, compiled.binds, strict=True):
+            value = values[name]
+            out.append(value if process is None or value is None else process(value))
+        return out
+
+    def _decode(self, compiled: _Compiled, row: Sequence[Any]) -> tuple[Any, ...]:
+        return tuple(
+            value if process is None or value is None else process(value)
+            for value, process in zip(row, compiled.results, strict=True)
+        )
+
+    async def fetch(self, session: AsyncSession, **values: Any) -> list[tuple[Any, ...]]:
+        """Run in `session`'s transaction; the rows, decoded."""
+        driver, dialect = await _driver(session)
+        compiled = self._compile(dialect)
+        params = self._bind(compiled, values)
+        try:
+            if compiled.asyncpg:
+                rows: Sequence[Sequence[Any]] = await driver.fetch(compiled.sql, *params)
+            else:
+                async with driver.execute(compiled.sql, params) as cursor:
+                    rows = await cursor.fetchall()
+        except Exception as exc:
+            _raise_integrity(exc, compiled.sql, params)
+            raise
+        return [self._decode(compiled, row) for row in rows]
+
+    async def execute(self, session: AsyncSession, **values: Any) -> None:
+        """Run in `session`'s transaction, for its effect."""
+        driver, dialect = await _driver(session)
+        compiled = self._compile(dialect)
+        params = self._bind(compiled, values)
+        try:
+            if compiled.asyncpg:
+                await driver.execute(compiled.sql, *params)
+            else:
+                await driver.execute(compiled.sql, params)
+        except Exception as exc:
+            _raise_integrity(exc, compiled.sql, params)
+            raise
+
+
+class DriverInsert:
+    """`INSERT` of one whole row of `table`, from a mapped object: what the ORM would insert for it."""
+
+    def __init__(self, table: FromClause) -> None:
+        self.columns = list(table.columns)
+        names = ", ".join(c.name for c in self.columns)
+        values = ", ".join(f":{c.key}" for c in self.columns)
+        # Names from the table's definition, values bound: nothing from input reaches the text.
+        sql = f"INSERT INTO {table.description} ({names}) VALUES ({values})"  # noqa: S608
+        self.statement = DriverStatement(sql, {c.key: c for c in self.columns})
+
+    async def row(self, session: AsyncSession, obj: Any) -> None:
+        values = {}
+        for column in self.columns:
+            value = getattr(obj, column.key)
+            default = column.default
+            if value is None and default is not None:
+                # An unset attribute takes the column's Python default, as in an ORM flush.
+                value = default.arg(None) if default.is_callable else default.arg
+                setattr(obj, column.key, value)
+            values[column.key] = value
+        await self.statement.execute(session, **values)
+
+
+async def _driver(session: AsyncSession) -> tuple[Any, Dialect]:
+    """The driver's connection under `session`'s transaction (begun if it was not yet)."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    return raw.driver_connection, connection.dialect
+
+
+def _raise_integrity(exc: Exception, sql: str, params: list[Any]) -> None:
+    if isinstance(exc, sqlite3.IntegrityError) or type(exc).__module__.startswith("asyncpg") and _is_pg_integrity(exc):
+        raise IntegrityError(sql, params, exc) from exc
+
+
+def _is_pg_integrity(exc: Exception) -> bool:
+    from asyncpg.exceptions import IntegrityConstraintViolationError
+
+    return isinstance(exc, IntegrityConstraintViolationError)

@@ -1,0 +1,136 @@
+"""Statements run on the driver's own connection (database/driver_sql.py) write what the ORM writes, read back exact
+values, and fail the way the ORM fails, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cival.core.db import Database
+from cival.core.service_registry import ServiceRegistry
+from cival.database.driver_sql import DriverInsert, DriverStatement
+from cival.database.models import Order
+from cival.database.types import DecimalPrecisionError
+from tests.api._identity import Identities
+
+ORDERS = Order.__table__.c
+INSERT_ORDER = DriverInsert(Order.__table__)
+READ_ORDER = DriverStatement(
+    "SELECT id, quantity, price, created_at, post_only FROM orders WHERE id = :id",
+    {"id": ORDERS.id},
+    [ORDERS.id, ORDERS.quantity, ORDERS.price, ORDERS.created_at, ORDERS.post_only],
+)
+
+
+async def _account(ids: Identities) -> tuple[uuid.UUID, uuid.UUID]:
+    user = await ids.new_user()
+    response = await user.post("/api/v1/accounts", json={"exchange": "paper"})
+    assert response.status_code == 201, response.text
+    return user.id, uuid.UUID(response.json()["id"])
+
+
+def _order(user_id: uuid.UUID, account_id: uuid.UUID, client_order_id: str, **changes: Any) -> Order:
+    now = datetime(2026, 11, 26, 12, 30, 15, 123456, tzinfo=UTC)
+    fields: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "user_id": user_id,
+        "account_id": account_id,
+        "client_order_id": client_order_id,
+        "symbol": "BTC/USDT",
+        "side": "buy",
+        "type": "limit",
+        "quantity": Decimal("0.00012345"),
+        "price": Decimal("-0.5") if changes.pop("negative", False) else Decimal("64123.12345678"),
+        "stop_price": None,
+        "time_in_force": "GTC",
+        "post_only": True,
+        "status": "pending",
+        "filled_quantity": Decimal(0),
+        "fees": Decimal(0),
+        "reserved": Decimal("7.91616000"),
+        "exchange": "paper",
+        "created_at": now,
+        "updated_at": now,
+    }
+    return Order(**(fields | changes))
+
+
+async def _stored(owner_engine: AsyncEngine, order_id: uuid.UUID, is_sqlite: bool) -> dict[str, Any]:
+    """The row as the database holds it (raw values, no SQLAlchemy types), without its own id and client id."""
+    key = order_id.hex if is_sqlite else order_id
+    async with owner_engine.connect() as conn:
+        row = (await conn.execute(text("SELECT * FROM orders WHERE id = :id"), {"id": key})).mappings().one()
+    return {k: v for k, v in row.items() if k not in ("id", "client_order_id")}
+
+
+async def test_a_row_inserted_on_the_driver_is_the_row_the_orm_inserts(
+    ids: Identities, db: Database, owner_engine: AsyncEngine
+) -> None:
+    user_id, account_id = await _account(ids)
+    by_orm, by_driver = _order(user_id, account_id, "orm"), _order(user_id, account_id, "driver")
+    async with db.session(user_id) as session:
+        session.add(by_orm)
+    async with db.session(user_id) as session:
+        await INSERT_ORDER.row(session, by_driver)
+    orm_row = await _stored(owner_engine, by_orm.id, db.is_sqlite)
+    driver_row = await _stored(owner_engine, by_driver.id, db.is_sqlite)
+    assert driver_row == orm_row
+    assert orm_row["quantity"] is not None
+
+
+async def test_values_read_on_the_driver_are_exact_and_typed(ids: Identities, db: Database) -> None:
+    user_id, account_id = await _account(ids)
+    order = _order(user_id, account_id, "typed", negative=True)
+    async with db.session(user_id) as session:
+        await INSERT_ORDER.row(session, order)
+        rows = await READ_ORDER.fetch(session, id=order.id)
+    assert rows == [(order.id, Decimal("0.00012345"), Decimal("-0.5"), order.created_at, True)]
+    assert isinstance(rows[0][1], Decimal)
+    assert isinstance(rows[0][0], uuid.UUID)
+    async with db.session(user_id, read_only=True) as session:  # and the ORM reads the same row back alike
+        again = await session.scalar(select(Order).where(Order.id == order.id))
+    assert again is not None
+    assert (again.quantity, again.price, again.reserved) == (Decimal("0.00012345"), Decimal("-0.5"), Decimal("7.91616"))
+
+
+async def test_a_duplicate_is_sqlalchemys_integrity_error_and_nothing_is_written(
+    ids: Identities, db: Database, registry: ServiceRegistry
+) -> None:
+    user_id, account_id = await _account(ids)
+    first, second = _order(user_id, account_id, "same"), _order(user_id, account_id, "same")
+    async with db.session(user_id) as session:
+        await INSERT_ORDER.row(session, first)
+    with pytest.raises(IntegrityError):
+        async with db.session(user_id) as session:
+            await INSERT_ORDER.row(session, second)
+    async with db.session(user_id, read_only=True) as session:
+        found = (await session.scalars(select(Order.id).where(Order.client_order_id == "same"))).all()
+    assert found == [first.id]
+
+
+async def test_a_value_that_does_not_fit_its_column_is_refused_before_it_is_sent(ids: Identities, db: Database) -> None:
+    user_id, account_id = await _account(ids)
+    order = _order(user_id, account_id, "too-fine", quantity=Decimal("0.000000001"))
+    with pytest.raises(DecimalPrecisionError):
+        async with db.session(user_id) as session:
+            await INSERT_ORDER.row(session, order)
+    async with db.session(user_id, read_only=True) as session:
+        assert await session.scalar(select(Order.id).where(Order.id == order.id)) is None
+
+
+async def test_an_unset_column_takes_its_python_default(ids: Identities, db: Database) -> None:
+    user_id, account_id = await _account(ids)
+    order = _order(user_id, account_id, "defaults", filled_quantity=None, fees=None, time_in_force=None)
+    async with db.session(user_id) as session:
+        await INSERT_ORDER.row(session, order)
+    async with db.session(user_id, read_only=True) as session:
+        row = await session.scalar(select(Order).where(Order.id == order.id))
+    assert row is not None
+    assert (row.filled_quantity, row.fees, row.time_in_force) == (Decimal(0), Decimal(0), "GTC")
