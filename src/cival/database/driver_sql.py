@@ -131,6 +131,19 @@ class DriverStatement:
             _raise_integrity(exc, compiled.sql, params)
             raise
 
+    async def execute_many(self, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+        """Run once per element of `rows` (one driver call), in `session`'s transaction."""
+        if not rows:
+            return
+        driver, dialect = await _driver(session)
+        compiled = self._compile(dialect)
+        params = [self._bind(compiled, values) for values in rows]
+        try:
+            await driver.executemany(compiled.sql, params)
+        except Exception as exc:
+            _raise_integrity(exc, compiled.sql, params)
+            raise
+
 
 class DriverInsert:
     """`INSERT` of one whole row of `table`, from a mapped object: what the ORM would insert for it."""
@@ -144,6 +157,12 @@ class DriverInsert:
         self.statement = DriverStatement(sql, {c.key: c for c in self.columns})
 
     async def row(self, session: AsyncSession, obj: Any) -> None:
+        await self.statement.execute(session, **self._values(obj))
+
+    async def rows(self, session: AsyncSession, objs: Sequence[Any]) -> None:
+        await self.statement.execute_many(session, [self._values(obj) for obj in objs])
+
+    def _values(self, obj: Any) -> dict[str, Any]:
         values = {}
         for column in self.columns:
             value = getattr(obj, column.key)
@@ -153,7 +172,7 @@ class DriverInsert:
                 value = default.arg(None) if default.is_callable else default.arg
                 setattr(obj, column.key, value)
             values[column.key] = value
-        await self.statement.execute(session, **values)
+        return values
 
 
 async def _driver(session: AsyncSession) -> tuple[Any, Dialect]:
@@ -163,7 +182,7 @@ async def _driver(session: AsyncSession) -> tuple[Any, Dialect]:
     return raw.driver_connection, connection.dialect
 
 
-def _raise_integrity(exc: Exception, sql: str, params: list[Any]) -> None:
+def _raise_integrity(exc: Exception, sql: str, params: Sequence[Any]) -> None:
     if isinstance(exc, sqlite3.IntegrityError) or type(exc).__module__.startswith("asyncpg") and _is_pg_integrity(exc):
         raise IntegrityError(sql, params, exc) from exc
 

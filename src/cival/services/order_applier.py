@@ -36,7 +36,14 @@ from cival.domain.instruments import Instrument
 from cival.domain.matching import Cancelled, Event, Filled, Rejected, Triggered
 from cival.domain.orders import TERMINAL_STATUSES, OrderStatus, OrderType, quantize_stored, transition
 from cival.models.trading_models import OrderOut, TradeOut
-from cival.services.portfolio_tracker import new_balance, new_position, record_snapshot, release, settle_fill
+from cival.services.portfolio_tracker import (
+    new_balance,
+    new_position,
+    record_snapshot,
+    release,
+    settle_fill,
+    write_changes,
+)
 
 log = get_logger(__name__)
 
@@ -65,6 +72,7 @@ class _Loaded:
     positions: dict[tuple[uuid.UUID, str], Position]
     stored_trades: set[tuple[str, str]]
     notional: dict[uuid.UUID, Decimal]
+    created: set[uuid.UUID] = field(default_factory=set)  # positions and balances new in this batch
 
 
 _Call = tuple[list[Event], "asyncio.Future[Changes]"]
@@ -173,9 +181,18 @@ class EventApplier:
         async with self.database.system_session() as session:
             if events:
                 loaded = await self._load(session, events)
+                # The rows are locked; they are written below on the driver's connection (D38), not by a flush.
+                session.expunge_all()
                 for event in events:
-                    self._apply(session, loaded, event, changes)
-                await session.flush()
+                    self._apply(loaded, event, changes)
+                await write_changes(
+                    session,
+                    changes.orders.values(),
+                    changes.trades,
+                    changes.positions.values(),
+                    changes.balances.values(),
+                    loaded.created,
+                )
             due = self._due(changes.users)
             for user_id in due:
                 await record_snapshot(session, user_id, prices, self.starting_balances)
@@ -244,17 +261,17 @@ class EventApplier:
                     notional[order_id] = notional.get(order_id, Decimal(0)) + quantity * price
         return _Loaded(orders, balances, positions, stored, notional)
 
-    def _balance(self, session: AsyncSession, loaded: _Loaded, order: Order, asset: str) -> Balance:
+    def _balance(self, loaded: _Loaded, order: Order, asset: str) -> Balance:
         if order.account_id is None:
             raise ValueError(f"order {order.id} has no account")
         key = (order.account_id, asset)
         row = loaded.balances.get(key)
         if row is None:
             row = loaded.balances[key] = new_balance(order.user_id, order.account_id, asset, order.exchange)
-            session.add(row)
+            loaded.created.add(row.id)
         return row
 
-    def _apply(self, session: AsyncSession, loaded: _Loaded, event: Event, changes: Changes) -> None:
+    def _apply(self, loaded: _Loaded, event: Event, changes: Changes) -> None:
         order = loaded.orders.get(uuid.UUID(event.order_id))
         if order is None:
             log.error("event for an unknown order", order_id=event.order_id, kind=type(event).__name__)
@@ -284,7 +301,6 @@ class EventApplier:
                 executed_at=fill.ts,
                 created_at=now,
             )
-            session.add(trade)
             # Exact average from the fills: the stored average is rounded and must not carry its rounding on.
             notional = loaded.notional.get(order.id, Decimal(0)) + fill.quantity * fill.price
             loaded.notional[order.id] = notional
@@ -293,14 +309,14 @@ class EventApplier:
             order.fees += fill.fee
             order.status = new_status.value
             instrument = self.instrument(order.exchange, order.symbol)
-            base = self._balance(session, loaded, order, instrument.base_asset)
-            quote = self._balance(session, loaded, order, instrument.quote_asset)
+            base = self._balance(loaded, order, instrument.base_asset)
+            quote = self._balance(loaded, order, instrument.quote_asset)
             if order.account_id is None:
                 raise ValueError(f"order {order.id} has no account")
             position = loaded.positions.get((order.account_id, order.symbol))
             if position is None:
                 position = loaded.positions[(order.account_id, order.symbol)] = new_position(order)
-                session.add(position)
+                loaded.created.add(position.id)
             settle_fill(order, trade, new_status is OrderStatus.FILLED, base, quote, position)
             changes.trades.append(trade)
             changes.positions[position.id] = position
@@ -318,7 +334,7 @@ class EventApplier:
             if order.reserved:
                 instrument = self.instrument(order.exchange, order.symbol)
                 asset = instrument.quote_asset if order.side == "buy" else instrument.base_asset
-                row = self._balance(session, loaded, order, asset)
+                row = self._balance(loaded, order, asset)
                 release(order, row)
                 changes.balances[row.id] = row
         elif isinstance(event, Triggered):

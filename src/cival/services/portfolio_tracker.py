@@ -8,7 +8,7 @@ Money arithmetic is `domain.portfolio`'s; this module loads and stores rows.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 
@@ -58,6 +58,34 @@ _SET_BALANCE = DriverStatement(
 )
 _INSERT_BALANCE = DriverInsert(Balance.__table__)
 _INSERT_ORDER = DriverInsert(Order.__table__)
+_O = Order.__table__.c
+_UPDATE_ORDER = DriverStatement(
+    "UPDATE orders SET status = :status, filled_quantity = :filled_quantity, average_price = :average_price, "
+    "fees = :fees, reserved = :reserved, reject_reason = :reject_reason, triggered_at = :triggered_at, "
+    "updated_at = :updated_at WHERE id = :id",
+    {
+        name: _O[name]
+        for name in (
+            "status",
+            "filled_quantity",
+            "average_price",
+            "fees",
+            "reserved",
+            "reject_reason",
+            "triggered_at",
+            "updated_at",
+            "id",
+        )
+    },
+)
+_P = Position.__table__.c
+_UPDATE_POSITION = DriverStatement(
+    "UPDATE positions SET size = :size, average_price = :average_price, market_value = :market_value, "
+    "unrealized_pnl = :unrealized_pnl, updated_at = :updated_at WHERE id = :id",
+    {name: _P[name] for name in ("size", "average_price", "market_value", "unrealized_pnl", "updated_at", "id")},
+)
+_INSERT_POSITION = DriverInsert(Position.__table__)
+_INSERT_TRADE = DriverInsert(Trade.__table__)
 
 
 async def store_new_order(session: AsyncSession, order: Order, asset: str, amount: Decimal) -> Balance:
@@ -81,6 +109,65 @@ async def store_new_order(session: AsyncSession, order: Order, asset: str, amoun
     else:
         await _INSERT_BALANCE.row(session, row)
     return row
+
+
+async def write_changes(
+    session: AsyncSession,
+    orders: Collection[Order],
+    trades: Collection[Trade],
+    positions: Collection[Position],
+    balances: Collection[Balance],
+    created: Collection[uuid.UUID],
+) -> None:
+    """Write what applying a batch of venue events changed, in the caller's transaction, on the driver's connection
+    (D38): the changed orders, the new trades, and the positions and balances (inserted when their id is in
+    `created`, updated otherwise; the caller loaded and locked those). One driver call per kind of write."""
+    now = datetime.now(UTC)
+    await _UPDATE_ORDER.execute_many(
+        session,
+        [
+            {
+                "status": o.status,
+                "filled_quantity": o.filled_quantity,
+                "average_price": o.average_price,
+                "fees": o.fees,
+                "reserved": o.reserved,
+                "reject_reason": o.reject_reason,
+                "triggered_at": o.triggered_at,
+                "updated_at": o.updated_at,
+                "id": o.id,
+            }
+            for o in orders
+        ],
+    )
+    await _INSERT_TRADE.rows(session, list(trades))
+    await _INSERT_POSITION.rows(session, [p for p in positions if p.id in created])
+    await _UPDATE_POSITION.execute_many(
+        session,
+        [
+            {
+                "size": p.size,
+                "average_price": p.average_price,
+                "market_value": p.market_value,
+                "unrealized_pnl": p.unrealized_pnl,
+                "updated_at": p.updated_at,
+                "id": p.id,
+            }
+            for p in positions
+            if p.id not in created
+        ],
+    )
+    for b in balances:
+        b.updated_at = now
+    await _INSERT_BALANCE.rows(session, [b for b in balances if b.id in created])
+    await _SET_BALANCE.execute_many(
+        session,
+        [
+            {"free": b.free, "locked": b.locked, "total": b.total, "updated_at": b.updated_at, "id": b.id}
+            for b in balances
+            if b.id not in created
+        ],
+    )
 
 
 def new_balance(user_id: uuid.UUID, account: uuid.UUID, asset: str, exchange: str) -> Balance:
