@@ -134,3 +134,31 @@ async def test_an_unset_column_takes_its_python_default(ids: Identities, db: Dat
         row = await session.scalar(select(Order).where(Order.id == order.id))
     assert row is not None
     assert (row.filled_quantity, row.fees, row.time_in_force) == (Decimal(0), Decimal(0), "GTC")
+
+
+async def test_many_rows_go_in_one_call_and_a_duplicate_among_them_writes_none(ids: Identities, db: Database) -> None:
+    user_id, account_id = await _account(ids)
+    batch = [_order(user_id, account_id, f"many-{i}") for i in range(3)]
+    async with db.session(user_id) as session:
+        await INSERT_ORDER.rows(session, batch)
+    set_status = DriverStatement(
+        "UPDATE orders SET status = :status, fees = :fees WHERE id = :id",
+        {"status": ORDERS.status, "fees": ORDERS.fees, "id": ORDERS.id},
+    )
+    async with db.session(user_id) as session:
+        await set_status.execute_many(
+            session,
+            [{"status": "cancelled", "fees": Decimal(f"0.0000000{i + 1}"), "id": o.id} for i, o in enumerate(batch)],
+        )
+    clash = [_order(user_id, account_id, "many-new"), _order(user_id, account_id, "many-1")]
+    with pytest.raises(IntegrityError):
+        async with db.session(user_id) as session:
+            await INSERT_ORDER.rows(session, clash)
+    async with db.session(user_id, read_only=True) as session:
+        mine = select(Order.client_order_id, Order.status, Order.fees).where(Order.user_id == user_id)
+        rows = (await session.execute(mine)).all()
+    assert sorted(rows) == [
+        ("many-0", "cancelled", Decimal("0.00000001")),
+        ("many-1", "cancelled", Decimal("0.00000002")),
+        ("many-2", "cancelled", Decimal("0.00000003")),
+    ]

@@ -104,6 +104,12 @@ async def test_one_query_reads_limits_positions_working_orders_balances_snapshot
     assert len(loaded.account_openings) == 1
     everything = await gate.load(user_id, None)
     assert set(everything.positions) == {(account, BTC), (account, "ETH/USDT")}
+    # The order path reads the same in its own transaction, on the driver's connection (D38): the same values, typed.
+    async with registry.database.session(user_id) as session:
+        assert await gate.load(user_id, BTC, session) == loaded
+        assert await gate.load(user_id, None, session) == everything
+    assert isinstance(loaded.account_openings[0], datetime)
+    assert loaded.account_openings[0].tzinfo is not None
 
 
 @pytest.mark.parametrize(("price", "passes"), [("109.99999999", True), ("110", True), ("110.00000001", False)])

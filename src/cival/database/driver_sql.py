@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections import namedtuple
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,10 +30,10 @@ _PG_NUMERIC = 1700
 """PostgreSQL's type OID of `numeric`: asyncpg's numeric result processor is chosen by the column's type OID."""
 
 
-def _numeric(column: ColumnElement[Any], asyncpg: bool) -> bool:
-    column_type = column.type
-    impl = getattr(column_type, "impl_instance", column_type)
-    return asyncpg and isinstance(impl, Numeric)
+def _coltype(type_: Any, asyncpg: bool) -> int | None:
+    """The driver's type code to choose a result processor by: only asyncpg's numeric needs one."""
+    impl = getattr(type_, "impl_instance", type_)
+    return _PG_NUMERIC if asyncpg and isinstance(impl, Numeric) else None
 
 
 class _Compiled:
@@ -82,8 +83,7 @@ class DriverStatement:
         sql = _PLACEHOLDER.sub(placeholder, self._sql[dialect.name])
         binds: list[Processor] = [self._params[name].type._cached_bind_processor(dialect) for name in names]
         results: list[Processor] = [
-            column.type._cached_result_processor(dialect, _PG_NUMERIC if _numeric(column, asyncpg) else None)
-            for column in self._results
+            column.type._cached_result_processor(dialect, _coltype(column.type, asyncpg)) for column in self._results
         ]
         compiled = self._compiled[dialect.name] = _Compiled(sql, names, binds, results, asyncpg)
         return compiled
@@ -143,6 +143,66 @@ class DriverStatement:
         except Exception as exc:
             _raise_integrity(exc, compiled.sql, params)
             raise
+
+
+class DriverQuery:
+    """A SQLAlchemy Core `SELECT`, compiled once per dialect, run on the driver; rows are named tuples.
+
+    For a statement built with SQLAlchemy because it is easier to read that way (the risk gate's one query). Its
+    bound parameters are given by name; fixed values inside it (literals SQLAlchemy binds) come from the compiled
+    statement. An expanding `IN` is not supported: write its constants as literal columns.
+    """
+
+    def __init__(self, statement: Any) -> None:
+        self.statement = statement
+        self._compiled: dict[str, tuple[_Compiled, dict[str, Any], Any]] = {}
+
+    def _compile(self, dialect: Dialect) -> tuple[_Compiled, dict[str, Any], Any]:
+        found = self._compiled.get(dialect.name)
+        if found is not None:
+            return found
+        compiled = self.statement.compile(dialect=dialect)
+        if "__[POSTCOMPILE" in compiled.string:
+            raise ValueError("DriverQuery cannot run an expanding IN: write its constants as literal columns")
+        names = list(compiled.positiontup or ())
+        binds: list[Processor] = [compiled._bind_processors.get(name) for name in names]
+        columns = compiled._result_columns
+        asyncpg = dialect.driver == "asyncpg"
+        results: list[Processor] = [
+            type_._cached_result_processor(dialect, _coltype(type_, asyncpg))
+            for _key, _name, _objects, type_ in columns
+        ]
+        row = namedtuple("Row", [key for key, _name, _objects, _type in columns])  # type: ignore[misc]  # noqa: PYI024
+        fixed = {name: value for name, value in compiled.params.items() if value is not None}
+        found = self._compiled[dialect.name] = (
+            _Compiled(compiled.string, names, binds, results, asyncpg),
+            fixed,
+            row,
+        )
+        return found
+
+    async def fetch(self, session: AsyncSession, **values: Any) -> list[Any]:
+        driver, dialect = await _driver(session)
+        compiled, fixed, row = self._compile(dialect)
+        given = fixed | values
+        params = [
+            given[name] if process is None or given[name] is None else process(given[name])
+            for name, process in zip(compiled.names, compiled.binds, strict=True)
+        ]
+        if compiled.asyncpg:
+            records: Sequence[Sequence[Any]] = await driver.fetch(compiled.sql, *params)
+        else:
+            async with driver.execute(compiled.sql, params) as cursor:
+                records = await cursor.fetchall()
+        return [
+            row(
+                *(
+                    value if process is None or value is None else process(value)
+                    for value, process in zip(record, compiled.results, strict=True)
+                )
+            )
+            for record in records
+        ]
 
 
 class DriverInsert:

@@ -38,6 +38,7 @@ from cival.core.cache import Cache
 from cival.core.db import READ_ONLY, Database
 from cival.core.exceptions import ServiceUnavailable, ValidationFailed
 from cival.core.logging import get_logger
+from cival.database.driver_sql import DriverQuery
 from cival.database.models import (
     Balance,
     Money,
@@ -206,7 +207,7 @@ def standing_query(*, of_symbol: bool) -> CompoundSelect[Any]:
             b=Order.filled_quantity,
             c=Order.reserved,
         )
-    ).where(Order.user_id == user_id, Order.status.in_(WORKING))
+    ).where(Order.user_id == user_id, Order.status.in_([literal_column(f"'{s}'") for s in WORKING]))
     balances = select(*_row("b", key=Balance.asset, ref=Balance.account_id, a=Balance.total)).where(
         Balance.user_id == user_id
     )
@@ -224,7 +225,7 @@ def standing_query(*, of_symbol: bool) -> CompoundSelect[Any]:
     return union_all(limits, positions, orders, balances, snapshot, accounts)
 
 
-_STANDING = {of_symbol: standing_query(of_symbol=of_symbol) for of_symbol in (True, False)}
+_STANDING = {of_symbol: DriverQuery(standing_query(of_symbol=of_symbol)) for of_symbol in (True, False)}
 
 
 def parse_standing(rows: Sequence[Any]) -> Loaded:
@@ -461,16 +462,17 @@ class RiskGate:
     async def load(self, user_id: uuid.UUID, symbol: str | None, session: AsyncSession | None = None) -> Loaded:
         """Limits and standing in one query (positions of `symbol` only, when given), in `session` when given."""
         params = {"user_id": user_id, "today": datetime.now(UTC).date(), "symbol": symbol}
-        statement = _STANDING[symbol is not None]
-        if session is not None:
-            rows = (await session.execute(statement, params)).all()
+        query = _STANDING[symbol is not None]
+        rows: Sequence[Any]
+        if session is not None:  # the order path: on the driver (D38)
+            rows = await query.fetch(session, **params)
         elif self.database.is_sqlite:
             # No row-level security to bind on SQLite, and an ORM session costs a quarter of the gate's time there.
             async with self._reader.connect() as connection:
-                rows = (await connection.execute(statement, params)).all()
+                rows = (await connection.execute(query.statement, params)).all()
         else:
             async with self.database.session(user_id, read_only=True) as own:
-                rows = (await own.execute(statement, params)).all()
+                rows = await query.fetch(own, **params)
         return parse_standing(rows)
 
     def deposit_per_account(self, prices: Mapping[str, Decimal]) -> Decimal:
