@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from cival.core.cache import Cache, MemoryCache, RedisCache, Subscription, create_cache
+from cival.core.cache import Cache, MemoryCache, NumberedLog, RedisCache, Subscription, create_cache
 from cival.core.exceptions import ServiceUnavailable
 
 REDIS_URL = os.environ.get("CIVAL_TEST_REDIS_URL", "")
@@ -230,6 +230,36 @@ async def test_publish_delivers_in_order(cache: Cache) -> None:
             assert await cache.publish("events", f"m{i}".encode()) == 1
         assert await receive(sub, 50) == [("events", f"m{i}".encode()) for i in range(50)]
         assert sub.dropped == 0
+
+
+async def test_publish_numbered_numbers_keeps_trims_and_publishes_in_one_step(cache: Cache) -> None:
+    log = NumberedLog(counter="log:seq", entry_prefix="log:", keep=3, ttl=60.0, stored_prefix=b"orders\n")
+    async with cache.subscribe("out") as sub:
+        seqs = [await cache.publish_numbered(log, b'{"n":', b"}", "out") for _ in range(5)]
+        assert seqs == [1, 2, 3, 4, 5]
+        assert await receive(sub, 5) == [("out", f'{{"n":{n}}}'.encode()) for n in range(1, 6)]
+    assert [await cache.get(log.entry(n)) for n in range(1, 6)] == [None, None, b'orders\n{"n":3}', b'orders\n{"n":4}',
+                                                                    b'orders\n{"n":5}']  # fmt: skip
+    assert_expires_within(await cache.ttl(log.entry(5)), 60.0)
+    assert await cache.get("log:seq") == b"5"
+
+
+async def test_publish_numbered_is_atomic_under_concurrency(cache: Cache) -> None:
+    log = NumberedLog(counter="c:seq", entry_prefix="c:", keep=1000, ttl=60.0)
+    async with cache.subscribe("out") as sub:
+        seqs = await asyncio.gather(*(cache.publish_numbered(log, b"", b"", "out") for _ in range(100)))
+        assert sorted(seqs) == list(range(1, 101))
+        received = await receive(sub, 100)
+    # Each number once, published in the order it was taken.
+    assert [int(message) for _, message in received] == list(range(1, 101))
+    assert [await cache.get(log.entry(n)) for n in range(1, 101)] == [str(n).encode() for n in range(1, 101)]
+
+
+async def test_publish_numbered_writes_large_numbers_as_integers(cache: Cache) -> None:
+    log = NumberedLog(counter="big:seq", entry_prefix="big:", keep=2, ttl=60.0)
+    await cache.set("big:seq", b"123456789012344")
+    assert await cache.publish_numbered(log, b"<", b">", "out") == 123456789012345
+    assert await cache.get(log.entry(123456789012345)) == b"<123456789012345>"
 
 
 async def test_subscription_is_an_async_iterator(cache: Cache) -> None:

@@ -18,6 +18,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import unquote, urlsplit
@@ -47,6 +48,23 @@ if existed == 0 and ARGV[2] ~= '0' then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return value
+"""
+
+
+# The entry keys are made from the number the script takes, so they cannot be declared in KEYS: fine on one Redis
+# server (Cival's deployment), not on Redis Cluster. Numbers are formatted as integers (Lua's default `..` would
+# switch to exponent notation past 1e14).
+_NUMBERED_SCRIPT = """
+local seq = redis.call('INCR', KEYS[1])
+local number = string.format('%d', seq)
+local message = ARGV[1] .. number .. ARGV[2]
+redis.call('SET', ARGV[3] .. number, ARGV[4] .. message, 'PX', ARGV[5])
+local old = seq - tonumber(ARGV[6])
+if old > 0 then
+  redis.call('DEL', ARGV[3] .. string.format('%d', old))
+end
+redis.call('PUBLISH', ARGV[7], message)
+return seq
 """
 
 
@@ -163,6 +181,23 @@ class Subscription(abc.ABC):
     async def _close(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class NumberedLog:
+    """A numbered log kept in the cache: a counter, and entry n at `entry_prefix + str(n)` (`publish_numbered`)."""
+
+    counter: str
+    entry_prefix: str
+    keep: int
+    """Entries kept: numbering entry n drops entry n - keep."""
+    ttl: float
+    """Seconds each entry is kept."""
+    stored_prefix: bytes = b""
+    """Stored in front of each message (not published)."""
+
+    def entry(self, seq: int) -> str:
+        return f"{self.entry_prefix}{seq}"
+
+
 class Cache(abc.ABC):
     """Key/value with expiry, atomic counters, and fan-out pub/sub."""
 
@@ -198,6 +233,12 @@ class Cache(abc.ABC):
     @abc.abstractmethod
     async def publish(self, channel: str, message: bytes) -> int:
         """Send `message` to the subscribers of `channel`; returns how many received it."""
+
+    @abc.abstractmethod
+    async def publish_numbered(self, log: NumberedLog, before: bytes, after: bytes, channel: str) -> int:
+        """In one atomic step: take the next number `seq` of `log.counter`, make `message = before + seq + after`,
+        keep `log.stored_prefix + message` at `log.entry(seq)` for `log.ttl` seconds, drop `log.entry(seq -
+        log.keep)`, and publish `message` on `channel`. Returns `seq`."""
 
     @abc.abstractmethod
     def subscribe(self, *channels: str) -> Subscription:
@@ -333,6 +374,15 @@ class MemoryCache(Cache):
         for subscription in subscribers:
             subscription._deliver(channel, bytes(message))
         return len(subscribers)
+
+    async def publish_numbered(self, log: NumberedLog, before: bytes, after: bytes, channel: str) -> int:
+        """Number, keep and publish a message in one step (no await in between: atomic here)."""
+        seq = await self.incr(log.counter)
+        message = before + str(seq).encode() + after
+        await self.set(log.entry(seq), log.stored_prefix + message, log.ttl)
+        self._data.pop(log.entry(seq - log.keep), None)
+        await self.publish(channel, message)
+        return seq
 
     def subscribe(self, *channels: str) -> Subscription:
         """A subscription to `channels`, active inside `async with`."""
@@ -473,6 +523,7 @@ class RedisCache(Cache):
         subscriptions = ConnectionPool.from_url(url, max_connections=max_subscriptions, **options())
         self._pubsub_client: Redis = Redis(connection_pool=subscriptions)
         self._incr_script: AsyncScript = self._client.register_script(_INCR_SCRIPT)
+        self._numbered_script: AsyncScript = self._client.register_script(_NUMBERED_SCRIPT)
         self._subscriptions: set[_RedisSubscription] = set()
 
     @property
@@ -542,6 +593,22 @@ class RedisCache(Cache):
         """Send `message` to the subscribers of `channel`; returns how many received it (PUBLISH's count)."""
         with self._translate_errors():
             return int(await self._client.publish(self.prefix + channel, message))
+
+    async def publish_numbered(self, log: NumberedLog, before: bytes, after: bytes, channel: str) -> int:
+        """Number, keep and publish a message in one round trip (a Lua script: atomic in Redis)."""
+        _check_ttl(log.ttl)
+        px = max(1, math.ceil(log.ttl * 1000))
+        args: list[bytes | str | int] = [
+            before,
+            after,
+            self.prefix + log.entry_prefix,
+            log.stored_prefix,
+            px,
+            log.keep,
+            self.prefix + channel,
+        ]
+        with self._translate_errors():
+            return int(await self._numbered_script(keys=[self.prefix + log.counter], args=args))
 
     def subscribe(self, *channels: str) -> Subscription:
         """A subscription to `channels`, active inside `async with`."""

@@ -89,6 +89,13 @@ def frame(channel: str, data: Mapping[str, Any], seq: int | None = None) -> byte
     return dumps(body).encode()
 
 
+def frame_around_seq(channel: str, data: Mapping[str, Any]) -> tuple[bytes, bytes]:
+    """The numbered frame for an update on `channel` in two parts, to put its `seq` between them:
+    `before + str(seq).encode() + after == frame(channel, data, seq)` (so the cache can number it, D39)."""
+    body = dumps({"type": "update", "channel": channel, "data": data, "seq": 0}).encode()
+    return body[: -len(b"0}")], b"}"
+
+
 def public_cache_channel(channel: str) -> str:
     """The cache channel of public client channel `channel`."""
     return PUBLIC_NAMESPACE + channel
