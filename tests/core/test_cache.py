@@ -105,6 +105,17 @@ async def test_get_set_delete(cache: Cache) -> None:
     await cache.delete("k")  # deleting a missing key is not an error
 
 
+async def test_get_many_reads_in_order_with_none_for_missing_and_expired(cache: Cache, clock: FakeClock) -> None:
+    await cache.set("a", b"1")
+    await cache.set("c", b"3", ttl=0.5)
+    await cache.set("d", b"4")
+    assert await cache.get_many(["d", "missing", "a", "c"]) == [b"4", None, b"1", b"3"]
+    assert await cache.get_many([]) == []
+    if isinstance(cache, MemoryCache):  # Redis's own clock cannot be moved: its expiry is tested above
+        clock.advance(1)
+        assert await cache.get_many(["a", "c"]) == [b"1", None]
+
+
 async def test_set_without_ttl_never_expires(cache: Cache, clock: FakeClock) -> None:
     await cache.set("k", b"v")
     assert await cache.ttl("k") is None

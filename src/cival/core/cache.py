@@ -17,7 +17,7 @@ import contextlib
 import math
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -211,6 +211,10 @@ class Cache(abc.ABC):
         """The value at `key`, or None."""
 
     @abc.abstractmethod
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values at `keys`, in order (None for a missing one), in one step."""
+
+    @abc.abstractmethod
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         """Store `value` at `key`, expiring after `ttl` seconds (None: never); replaces any earlier expiry."""
 
@@ -318,6 +322,11 @@ class MemoryCache(Cache):
         """The value at `key`, or None."""
         entry = self._live(key, self._clock())
         return None if entry is None else entry[0]
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values at `keys`, in order (None for a missing one)."""
+        now = self._clock()
+        return [None if (entry := self._live(key, now)) is None else entry[0] for key in keys]
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         """Store `value` at `key`, expiring after `ttl` seconds (None: never); replaces any earlier expiry."""
@@ -549,6 +558,14 @@ class RedisCache(Cache):
         with self._translate_errors():
             value = await self._client.get(self.prefix + key)
         return value if value is None or isinstance(value, bytes) else value.encode()
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values at `keys`, in order (None for a missing one): one MGET."""
+        if not keys:
+            return []
+        with self._translate_errors():
+            values = await self._client.mget([self.prefix + key for key in keys])
+        return [v if v is None or isinstance(v, bytes) else str(v).encode() for v in values]
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         """Store `value` at `key`, expiring after `ttl` seconds (None: never); replaces any earlier expiry."""

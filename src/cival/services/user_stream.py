@@ -19,7 +19,6 @@ the client's subscription started.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import Collection, Mapping
@@ -39,7 +38,7 @@ RETENTION_SECONDS = 15 * 60.0
 """How long an event is kept for resume."""
 ANCHOR_MARGIN_SECONDS = 1.0
 """The client's last event must have at least this long to live: events stored just after it expire just after it."""
-FETCH_BATCH = 100
+FETCH_BATCH = 500
 """Events read from the cache at once during a replay."""
 
 
@@ -153,7 +152,7 @@ class UserStream:
         events: list[tuple[int, str]] = []
         for start in range(since + 1, head + 1, FETCH_BATCH):
             seqs = range(start, min(start + FETCH_BATCH, head + 1))
-            values = await asyncio.gather(*(self.cache.get(self._event_key(user_id, seq)) for seq in seqs))
+            values = await self.cache.get_many([self._event_key(user_id, seq) for seq in seqs])
             for seq, value in zip(seqs, values, strict=True):
                 if value is None:
                     continue  # numbered but not stored yet: it arrives live
