@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from cival.config import Settings
@@ -41,7 +41,8 @@ def make_engine(url: str, *, pool_size: int = 10, app_role: bool = True) -> Asyn
         engine = create_async_engine(url, connect_args={"timeout": 30})
         _configure_sqlite(engine)
         return engine
-    engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
+    _ping_after_idle(engine)
     if app_role:
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -52,6 +53,34 @@ def make_engine(url: str, *, pool_size: int = 10, app_role: bool = True) -> Asyn
             dbapi_connection.run_async(lambda conn: conn.execute(f"SET ROLE {APP_ROLE}"))
 
     return engine
+
+
+PING_AFTER_IDLE_SECONDS = 5.0
+"""A pooled PostgreSQL connection idle longer than this is pinged before it is handed out (D40)."""
+
+
+def _ping_after_idle(engine: AsyncEngine) -> None:
+    """Ping a connection on check-out only when it sat idle in the pool for `PING_AFTER_IDLE_SECONDS`.
+
+    SQLAlchemy's `pool_pre_ping` pings on every check-out: 0.22 ms of CPU and a round trip each time, ~30% of a short
+    transaction's client cost. A connection used a moment ago is alive; one that sat idle may have been closed by a
+    server restart or a proxy, and is pinged (a dead one is replaced, the caller never sees it). If the server dies
+    under load, the statements in flight fail, and SQLAlchemy then replaces every pooled connection at once.
+    """
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _returned(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _handed_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.pop("idle_since", None)
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return  # new, or used a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError(f"a pooled connection failed its ping: {exc}") from exc
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -1,0 +1,67 @@
+"""Pooled PostgreSQL connections are pinged only after sitting idle (core/db.py, D40): a connection the server closed
+while it was idle is replaced unseen; one closed while in use fails once, and the pool is then renewed."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cival.config import Settings
+from cival.core import db as db_module
+from cival.core.db import Database, make_engine
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+async def engine_and_admin(postgres_url: str) -> AsyncIterator[tuple[Database, AsyncEngine]]:
+    database = Database(Settings(env="test", database_url=postgres_url))
+    admin = make_engine(postgres_url, app_role=False)
+    try:
+        yield database, admin
+    finally:
+        await database.close()
+        await admin.dispose()
+
+
+async def _backend_pid(database: Database) -> int:
+    async with database.system_session(read_only=True) as session:
+        return int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+async def _terminate(admin: AsyncEngine, pid: int) -> None:
+    async with admin.connect() as conn:
+        await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        await conn.commit()
+
+
+async def test_an_idle_connection_the_server_closed_is_replaced_unseen(
+    engine_and_admin: tuple[Database, AsyncEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database, admin = engine_and_admin
+    pid = await _backend_pid(database)
+    await _terminate(admin, pid)
+    monkeypatch.setattr(db_module, "PING_AFTER_IDLE_SECONDS", 0.0)  # it has been idle "long enough"
+    assert await _backend_pid(database) != pid  # pinged, found dead, replaced: the caller saw nothing
+
+
+async def test_a_connection_used_a_moment_ago_is_not_pinged_and_the_pool_recovers_after_one_failure(
+    engine_and_admin: tuple[Database, AsyncEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database, admin = engine_and_admin
+    monkeypatch.setattr(db_module, "PING_AFTER_IDLE_SECONDS", 3600.0)
+    pid = await _backend_pid(database)
+    await _terminate(admin, pid)
+    with pytest.raises(DBAPIError) as caught:  # no ping: the statement itself meets the closed connection
+        await _backend_pid(database)
+    assert caught.value.connection_invalidated
+    fresh = await _backend_pid(database)
+    assert fresh != pid
+    marker = uuid.uuid4().hex
+    async with database.system_session(read_only=True) as session:
+        assert (await session.execute(text("SELECT :m"), {"m": marker})).scalar_one() == marker
