@@ -6,11 +6,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cival.api.errors import install_error_handlers
 from cival.config import Settings
 from cival.core import db as db_module
 from cival.core.db import Database, make_engine
@@ -65,3 +68,27 @@ async def test_a_connection_used_a_moment_ago_is_not_pinged_and_the_pool_recover
     marker = uuid.uuid4().hex
     async with database.system_session(read_only=True) as session:
         assert (await session.execute(text("SELECT :m"), {"m": marker})).scalar_one() == marker
+
+
+async def test_a_lost_connection_answers_503_database_unavailable_not_500(
+    engine_and_admin: tuple[Database, AsyncEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database, admin = engine_and_admin
+    monkeypatch.setattr(db_module, "PING_AFTER_IDLE_SECONDS", 3600.0)
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/pid")
+    async def pid() -> int:
+        return await _backend_pid(database)
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://cival.test") as client:
+        first = await client.get("/pid")
+        assert first.status_code == 200
+        await _terminate(admin, first.json())
+        lost = await client.get("/pid")
+        assert lost.status_code == 503, lost.text
+        assert lost.json()["error"] == "database_unavailable"
+        assert lost.headers["Retry-After"] == "1"
+        assert (await client.get("/pid")).status_code == 200  # the pool was renewed

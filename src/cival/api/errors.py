@@ -11,7 +11,7 @@ from typing import Any, cast
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cival.core.exceptions import CivalError
@@ -70,6 +70,19 @@ async def _statement_error(request: Request, exc: Exception) -> JSONResponse:
     return await _unexpected(request, exc)
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """The database connection was lost or could not be made: 503, so clients retry (D40); anything else a bug."""
+    exc = cast(DBAPIError, exc)
+    if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+        log.warning("database unavailable", path=request.url.path, error=str(exc.orig).splitlines()[0][:200])
+        return JSONResponse(
+            error_body("database_unavailable", "the database is unreachable or restarting: retry in a moment"),
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+    return await _statement_error(request, exc)
+
+
 async def _decimal_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("decimal_precision", str(exc)), status_code=422)
 
@@ -90,4 +103,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(DecimalPrecisionError, _decimal_error)
     app.add_exception_handler(StatementError, _statement_error)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -2,8 +2,8 @@
 
 `CivalRoute` declares in OpenAPI the error responses a route can give, derived from the route itself, so a new
 route is documented without anyone remembering to: 422 where it takes input, 400 where its body may not be JSON,
-401 where it needs a session, 403 where it needs the admin role, 404 where it names an object. All in the one
-error shape.
+401 where it needs a session, 403 where it needs the admin role, 404 where it names an object, and 503 everywhere
+(the database or the cache unreachable). All in the one error shape.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class CivalRoute(APIRoute):
             declared[403] = {"model": ErrorOut, "description": "Needs the admin role"}
         if self.dependant.path_params:
             declared[404] = {"model": ErrorOut, "description": "No such object (or not yours)"}
+        declared[503] = {"model": ErrorOut, "description": "The database or the cache is unreachable: retry later"}
         for code, response in declared.items():
             if code in self.responses:
                 continue
