@@ -169,7 +169,7 @@ def _time_sections(app: Any) -> None:
         setattr(cls, name, timed(name, getattr(cls, name)))
     for name in ("apply", "_store", "_load"):
         setattr(oa.EventApplier, name, timed(f"applier.{name}", getattr(oa.EventApplier, name)))
-    setattr(om, "reserve", timed("reserve", om.reserve))  # noqa: B010
+    setattr(om, "store_new_order", timed("store_new_order", om.store_new_order))  # noqa: B010
     setattr(oa, "record_snapshot", timed("record_snapshot", oa.record_snapshot))  # noqa: B010
     registry = service_registry.ServiceRegistry
     registry.usd_prices = timed("usd_prices", registry.usd_prices)  # type: ignore[method-assign]

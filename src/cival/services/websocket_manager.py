@@ -48,7 +48,7 @@ from cival.services.channels import (
     user_cache_channel,
 )
 from cival.services.channels import dumps as _dumps
-from cival.services.user_stream import Catchup, UserStream
+from cival.services.user_stream import Catchup, UserStream, frame_seq
 
 __all__ = [
     "PUBLIC_PREFIXES",
@@ -140,6 +140,9 @@ class _Connection:
     sent: int = 0
     sent_at_last_tick: int = 0
     hold: _Hold | None = None
+    # user feed -> the newest seq its last replay sent: a live message numbered up to it was published before the
+    # replay read the log, reached this worker after the hold ended, and was sent already (dropped, once).
+    replayed_to: dict[_Feed, int] = field(default_factory=dict)
 
 
 class WebSocketManager:
@@ -455,6 +458,10 @@ class WebSocketManager:
                         return
                 if not hold.messages:
                     break
+            if since is not None and replay.resync is None and replay.head is not None:
+                for feed, is_user in hold.feeds.items():
+                    if is_user:
+                        conn.replayed_to[feed] = replay.head
         finally:
             # Live from here: no await between the last held message and letting the next one through.
             if conn.hold is hold:
@@ -560,6 +567,11 @@ class WebSocketManager:
                 if len(hold.messages) > self.send_queue_size:
                     slow.append(conn)
                 continue
+            if conn.replayed_to and feed in conn.replayed_to:
+                seq = frame_seq(text)
+                if seq is not None and seq <= conn.replayed_to[feed]:
+                    continue  # in the replay already
+                del conn.replayed_to[feed]  # past the replay: messages on a feed arrive in seq order
             queue = conn.queue
             try:
                 queue.put_nowait(text)
