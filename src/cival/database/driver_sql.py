@@ -23,6 +23,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 _PLACEHOLDER = re.compile(r":(\w+)")
+_DRIVER_KEY = "cival.driver_connection"
+"""`session.info` key of (transaction, driver connection, dialect): the connection is the transaction's."""
 
 Processor = Callable[[Any], Any] | None
 
@@ -37,6 +39,9 @@ def _coltype(type_: Any, asyncpg: bool) -> int | None:
 
 
 class _Compiled:
+    """A statement ready for one dialect's driver: its text, its parameters' order and encoders, its columns'
+    decoders; runs it on a driver connection (constraint violations raised as SQLAlchemy's `IntegrityError`)."""
+
     __slots__ = ("sql", "names", "binds", "results", "asyncpg")
 
     def __init__(
@@ -47,6 +52,47 @@ class _Compiled:
         self.binds = binds
         self.results = results
         self.asyncpg = asyncpg
+
+    def bind(self, values: dict[str, Any]) -> list[Any]:
+        out = []
+        for name, process in zip(self.names, self.binds, strict=True):
+            value = values[name]
+            out.append(value if process is None or value is None else process(value))
+        return out
+
+    def decode(self, row: Sequence[Any]) -> list[Any]:
+        return [
+            value if process is None or value is None else process(value)
+            for value, process in zip(row, self.results, strict=True)
+        ]
+
+    async def fetch(self, driver: Any, params: list[Any]) -> Sequence[Sequence[Any]]:
+        try:
+            if self.asyncpg:
+                rows: Sequence[Sequence[Any]] = await driver.fetch(self.sql, *params)
+                return rows
+            async with driver.execute(self.sql, params) as cursor:
+                return list(await cursor.fetchall())
+        except Exception as exc:
+            _raise_integrity(exc, self.sql, params)
+            raise
+
+    async def execute(self, driver: Any, params: list[Any]) -> None:
+        try:
+            if self.asyncpg:
+                await driver.execute(self.sql, *params)
+            else:
+                await driver.execute(self.sql, params)
+        except Exception as exc:
+            _raise_integrity(exc, self.sql, params)
+            raise
+
+    async def execute_many(self, driver: Any, params: list[list[Any]]) -> None:
+        try:
+            await driver.executemany(self.sql, params)
+        except Exception as exc:
+            _raise_integrity(exc, self.sql, params)
+            raise
 
 
 class DriverStatement:
@@ -88,48 +134,18 @@ class DriverStatement:
         compiled = self._compiled[dialect.name] = _Compiled(sql, names, binds, results, asyncpg)
         return compiled
 
-    def _bind(self, compiled: _Compiled, values: dict[str, Any]) -> list[Any]:
-        out = []
-        for name, process in zip(compiled.names, compiled.binds, strict=True):
-            value = values[name]
-            out.append(value if process is None or value is None else process(value))
-        return out
-
-    def _decode(self, compiled: _Compiled, row: Sequence[Any]) -> tuple[Any, ...]:
-        return tuple(
-            value if process is None or value is None else process(value)
-            for value, process in zip(row, compiled.results, strict=True)
-        )
-
     async def fetch(self, session: AsyncSession, **values: Any) -> list[tuple[Any, ...]]:
         """Run in `session`'s transaction; the rows, decoded."""
         driver, dialect = await _driver(session)
         compiled = self._compile(dialect)
-        params = self._bind(compiled, values)
-        try:
-            if compiled.asyncpg:
-                rows: Sequence[Sequence[Any]] = await driver.fetch(compiled.sql, *params)
-            else:
-                async with driver.execute(compiled.sql, params) as cursor:
-                    rows = await cursor.fetchall()
-        except Exception as exc:
-            _raise_integrity(exc, compiled.sql, params)
-            raise
-        return [self._decode(compiled, row) for row in rows]
+        rows = await compiled.fetch(driver, compiled.bind(values))
+        return [tuple(compiled.decode(row)) for row in rows]
 
     async def execute(self, session: AsyncSession, **values: Any) -> None:
         """Run in `session`'s transaction, for its effect."""
         driver, dialect = await _driver(session)
         compiled = self._compile(dialect)
-        params = self._bind(compiled, values)
-        try:
-            if compiled.asyncpg:
-                await driver.execute(compiled.sql, *params)
-            else:
-                await driver.execute(compiled.sql, params)
-        except Exception as exc:
-            _raise_integrity(exc, compiled.sql, params)
-            raise
+        await compiled.execute(driver, compiled.bind(values))
 
     async def execute_many(self, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
         """Run once per element of `rows` (one driver call), in `session`'s transaction."""
@@ -137,12 +153,7 @@ class DriverStatement:
             return
         driver, dialect = await _driver(session)
         compiled = self._compile(dialect)
-        params = [self._bind(compiled, values) for values in rows]
-        try:
-            await driver.executemany(compiled.sql, params)
-        except Exception as exc:
-            _raise_integrity(exc, compiled.sql, params)
-            raise
+        await compiled.execute_many(driver, [compiled.bind(values) for values in rows])
 
 
 class DriverQuery:
@@ -184,25 +195,8 @@ class DriverQuery:
     async def fetch(self, session: AsyncSession, **values: Any) -> list[Any]:
         driver, dialect = await _driver(session)
         compiled, fixed, row = self._compile(dialect)
-        given = fixed | values
-        params = [
-            given[name] if process is None or given[name] is None else process(given[name])
-            for name, process in zip(compiled.names, compiled.binds, strict=True)
-        ]
-        if compiled.asyncpg:
-            records: Sequence[Sequence[Any]] = await driver.fetch(compiled.sql, *params)
-        else:
-            async with driver.execute(compiled.sql, params) as cursor:
-                records = await cursor.fetchall()
-        return [
-            row(
-                *(
-                    value if process is None or value is None else process(value)
-                    for value, process in zip(record, compiled.results, strict=True)
-                )
-            )
-            for record in records
-        ]
+        records = await compiled.fetch(driver, compiled.bind(fixed | values))
+        return [row(*compiled.decode(record)) for record in records]
 
 
 class DriverInsert:
@@ -236,9 +230,16 @@ class DriverInsert:
 
 
 async def _driver(session: AsyncSession) -> tuple[Any, Dialect]:
-    """The driver's connection under `session`'s transaction (begun if it was not yet)."""
+    """The driver's connection under `session`'s transaction (begun if it was not yet), looked up once per
+    transaction: the look-up itself crosses into SQLAlchemy's greenlet twice, and the order path runs five
+    statements in one transaction."""
+    transaction = session.sync_session.get_transaction()
+    known = session.info.get(_DRIVER_KEY)
+    if known is not None and transaction is not None and known[0] is transaction:
+        return known[1], known[2]
     connection = await session.connection()
     raw = await connection.get_raw_connection()
+    session.info[_DRIVER_KEY] = (session.sync_session.get_transaction(), raw.driver_connection, connection.dialect)
     return raw.driver_connection, connection.dialect
 
 

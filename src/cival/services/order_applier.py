@@ -44,6 +44,7 @@ from cival.services.portfolio_tracker import (
     settle_fill,
     write_changes,
 )
+from cival.services.risk_manager import alert_data
 
 log = get_logger(__name__)
 
@@ -362,7 +363,7 @@ class EventApplier:
             for balance in changes.balances.values():
                 await self.publish(balance.user_id, "balances", balance_message(balance))
             for alert in changes.alerts:
-                await self.publish(alert.user_id, "alerts", alert_message(alert))
+                await self.publish(alert.user_id, "alerts", alert_data(alert))
             for user_id in changes.users:
                 await self.publish(user_id, "portfolio", {"changed": True})
         except Exception:
@@ -399,15 +400,4 @@ def balance_message(balance: Balance) -> dict[str, Any]:
         "free": format(balance.free, "f"),
         "locked": format(balance.locked, "f"),
         "total": format(balance.total, "f"),
-    }
-
-
-def alert_message(alert: RiskAlert) -> dict[str, Any]:
-    return {
-        "id": str(alert.id),
-        "alert_type": alert.alert_type,
-        "severity": alert.severity,
-        "message": alert.message,
-        "data": alert.data,
-        "acknowledged": bool(alert.acknowledged),
     }
