@@ -18,6 +18,7 @@ from cival.database.models import Order, PortfolioSnapshot, Position, RiskAlert,
 from cival.domain.instruments import Instrument
 from cival.domain.risk import DEFAULT_LIMITS, KILL_SWITCH, LimitType
 from cival.models.user_models import RegisterIn
+from cival.services.portfolio_tracker import insert_order
 from cival.services.risk_manager import RiskCheckUnavailable, RiskGate, RiskRefused, lock_user_limits, seed_defaults
 
 D = Decimal
@@ -104,10 +105,11 @@ async def test_one_query_reads_limits_positions_working_orders_balances_snapshot
     assert len(loaded.account_openings) == 1
     everything = await gate.load(user_id, None)
     assert set(everything.positions) == {(account, BTC), (account, "ETH/USDT")}
-    # The order path reads the same in its own transaction, on the driver's connection (D38): the same values, typed.
-    async with registry.database.session(user_id) as session:
-        assert await gate.load(user_id, BTC, session) == loaded
-        assert await gate.load(user_id, None, session) == everything
+    # The order path reads the same in its own transaction, on the driver's connection (D38, D42): the same values,
+    # typed.
+    async with registry.database.driver_transaction(user_id) as tx:
+        assert await gate.load(user_id, BTC, tx) == loaded
+        assert await gate.load(user_id, None, tx) == everything
     assert isinstance(loaded.account_openings[0], datetime)
     assert loaded.account_openings[0].tzinfo is not None
 
@@ -204,10 +206,9 @@ async def test_record_refusal_writes_the_alert_in_the_callers_transaction(
     refusal = RiskRefused("leverage", "too much", limit_value=D(2), attempted_value=D("4.5"), severity="critical")
 
     async def fail_after_the_alert() -> None:
-        async with registry.database.session(user_id) as session:
-            session.add(order)
-            await session.flush()
-            await gate.record_refusal(session, order, refusal)
+        async with registry.database.driver_transaction(user_id) as tx:
+            await insert_order(tx, order)
+            await gate.record_refusal(tx, order, refusal)
             raise RuntimeError("the order path failed after the alert")
 
     with pytest.raises(RuntimeError):
@@ -215,11 +216,9 @@ async def test_record_refusal_writes_the_alert_in_the_callers_transaction(
     async with registry.database.system_session() as session:
         count = await session.scalar(select(func.count()).select_from(RiskAlert).where(RiskAlert.user_id == user_id))
     assert count == 0  # rolled back with the order
-    async with registry.database.session(user_id) as session:
-        session.add(order)
-        await session.flush()
-        alert = await gate.record_refusal(session, order, refusal)
-    assert alert is not None
+    async with registry.database.driver_transaction(user_id) as tx:
+        await insert_order(tx, order)
+        alert = await gate.record_refusal(tx, order, refusal)
     assert (alert.alert_type, alert.severity) == ("position_risk", "critical")
     assert alert.data == {
         "order_id": str(order.id), "symbol": BTC, "side": "buy", "limit_type": "leverage", "limit_id": None,

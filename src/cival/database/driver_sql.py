@@ -24,7 +24,24 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 _PLACEHOLDER = re.compile(r":(\w+)")
 _DRIVER_KEY = "cival.driver_connection"
-"""`session.info` key of (transaction, driver connection, dialect): the connection is the transaction's."""
+"""`session.info` key of (SQLAlchemy transaction, `DriverTx`): the connection is the transaction's."""
+
+
+class DriverTx:
+    """Where driver statements run: a driver connection inside a transaction, and its dialect.
+
+    `Database.driver_transaction` opens one with no SQLAlchemy session at all (the order path, D42); a statement
+    given an `AsyncSession` instead runs on that session's connection, inside its transaction.
+    """
+
+    __slots__ = ("driver", "dialect")
+
+    def __init__(self, driver: Any, dialect: Dialect) -> None:
+        self.driver = driver
+        self.dialect = dialect
+
+
+Target = DriverTx | AsyncSession
 
 Processor = Callable[[Any], Any] | None
 
@@ -134,26 +151,26 @@ class DriverStatement:
         compiled = self._compiled[dialect.name] = _Compiled(sql, names, binds, results, asyncpg)
         return compiled
 
-    async def fetch(self, session: AsyncSession, **values: Any) -> list[tuple[Any, ...]]:
-        """Run in `session`'s transaction; the rows, decoded."""
-        driver, dialect = await _driver(session)
-        compiled = self._compile(dialect)
-        rows = await compiled.fetch(driver, compiled.bind(values))
+    async def fetch(self, target: Target, **values: Any) -> list[tuple[Any, ...]]:
+        """Run in `target`'s transaction; the rows, decoded."""
+        tx = await driver_tx(target)
+        compiled = self._compile(tx.dialect)
+        rows = await compiled.fetch(tx.driver, compiled.bind(values))
         return [tuple(compiled.decode(row)) for row in rows]
 
-    async def execute(self, session: AsyncSession, **values: Any) -> None:
-        """Run in `session`'s transaction, for its effect."""
-        driver, dialect = await _driver(session)
-        compiled = self._compile(dialect)
-        await compiled.execute(driver, compiled.bind(values))
+    async def execute(self, target: Target, **values: Any) -> None:
+        """Run in `target`'s transaction, for its effect."""
+        tx = await driver_tx(target)
+        compiled = self._compile(tx.dialect)
+        await compiled.execute(tx.driver, compiled.bind(values))
 
-    async def execute_many(self, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-        """Run once per element of `rows` (one driver call), in `session`'s transaction."""
+    async def execute_many(self, target: Target, rows: Sequence[dict[str, Any]]) -> None:
+        """Run once per element of `rows` (one driver call), in `target`'s transaction."""
         if not rows:
             return
-        driver, dialect = await _driver(session)
-        compiled = self._compile(dialect)
-        await compiled.execute_many(driver, [compiled.bind(values) for values in rows])
+        tx = await driver_tx(target)
+        compiled = self._compile(tx.dialect)
+        await compiled.execute_many(tx.driver, [compiled.bind(values) for values in rows])
 
 
 class DriverQuery:
@@ -192,10 +209,10 @@ class DriverQuery:
         )
         return found
 
-    async def fetch(self, session: AsyncSession, **values: Any) -> list[Any]:
-        driver, dialect = await _driver(session)
-        compiled, fixed, row = self._compile(dialect)
-        records = await compiled.fetch(driver, compiled.bind(fixed | values))
+    async def fetch(self, target: Target, **values: Any) -> list[Any]:
+        tx = await driver_tx(target)
+        compiled, fixed, row = self._compile(tx.dialect)
+        records = await compiled.fetch(tx.driver, compiled.bind(fixed | values))
         return [row(*compiled.decode(record)) for record in records]
 
 
@@ -210,11 +227,11 @@ class DriverInsert:
         sql = f"INSERT INTO {table.description} ({names}) VALUES ({values})"  # noqa: S608
         self.statement = DriverStatement(sql, {c.key: c for c in self.columns})
 
-    async def row(self, session: AsyncSession, obj: Any) -> None:
-        await self.statement.execute(session, **self._values(obj))
+    async def row(self, target: Target, obj: Any) -> None:
+        await self.statement.execute(target, **self._values(obj))
 
-    async def rows(self, session: AsyncSession, objs: Sequence[Any]) -> None:
-        await self.statement.execute_many(session, [self._values(obj) for obj in objs])
+    async def rows(self, target: Target, objs: Sequence[Any]) -> None:
+        await self.statement.execute_many(target, [self._values(obj) for obj in objs])
 
     def _values(self, obj: Any) -> dict[str, Any]:
         values = {}
@@ -229,18 +246,20 @@ class DriverInsert:
         return values
 
 
-async def _driver(session: AsyncSession) -> tuple[Any, Dialect]:
-    """The driver's connection under `session`'s transaction (begun if it was not yet), looked up once per
-    transaction: the look-up itself crosses into SQLAlchemy's greenlet twice, and the order path runs five
-    statements in one transaction."""
-    transaction = session.sync_session.get_transaction()
-    known = session.info.get(_DRIVER_KEY)
+async def driver_tx(target: Target) -> DriverTx:
+    """`target` itself, or the driver's connection under a session's transaction (begun if it was not yet), looked
+    up once per transaction: the look-up crosses into SQLAlchemy's greenlet twice."""
+    if isinstance(target, DriverTx):
+        return target
+    transaction = target.sync_session.get_transaction()
+    known = target.info.get(_DRIVER_KEY)
     if known is not None and transaction is not None and known[0] is transaction:
-        return known[1], known[2]
-    connection = await session.connection()
+        return known[1]  # type: ignore[no-any-return]
+    connection = await target.connection()
     raw = await connection.get_raw_connection()
-    session.info[_DRIVER_KEY] = (session.sync_session.get_transaction(), raw.driver_connection, connection.dialect)
-    return raw.driver_connection, connection.dialect
+    tx = DriverTx(raw.driver_connection, connection.dialect)
+    target.info[_DRIVER_KEY] = (target.sync_session.get_transaction(), tx)
+    return tx
 
 
 def _raise_integrity(exc: Exception, sql: str, params: Sequence[Any]) -> None:

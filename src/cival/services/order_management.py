@@ -51,8 +51,8 @@ from cival.models.trading_models import OrderIn, OrderOut, OrderPage, TradeOut, 
 from cival.services.auth_service import Principal
 from cival.services.order_applier import Changes, EventApplier, UserPublisher
 from cival.services.order_routing import OrderRoute, VenueUnavailable
-from cival.services.portfolio_tracker import store_new_order
-from cival.services.risk_manager import RiskGate, RiskRefused, TripFirst
+from cival.services.portfolio_tracker import insert_order, store_new_order
+from cival.services.risk_manager import RiskGate, RiskRefused
 from cival.services.websocket_manager import publish_user
 
 log = get_logger(__name__)
@@ -217,10 +217,9 @@ class OrderManagementService:
             mid = (book.bids[0].price + book.asks[0].price) / 2
         asset, amount = self._reservation(order, instrument, book)
         try:
-            stored = await self._store(order, instrument, mid, asset, amount)
-        except TripFirst as first:  # the kill switch is engaged first (outside any transaction); then as it came
-            await self.risk.trip(user_id, first.loss, first.limit)
-            stored = await self._store(order, instrument, mid, asset, amount, tripped=True)
+            stored = await self.risk.judged(
+                user_id, lambda tripped: self._store(order, instrument, mid, asset, amount, tripped=tripped)
+            )
         except IntegrityError:
             if client_order_id is None:
                 raise
@@ -251,31 +250,28 @@ class OrderManagementService:
         tripped: bool = False,
     ) -> Stored:
         """One transaction: the account is active, the risk gate passes (or the order is stored rejected with its
-        alert), the order is stored pending and its funds are locked."""
+        alert), the order is stored pending and its funds are locked. On the driver, with no ORM session (D42)."""
         stored = Stored()
         user_id = order.user_id
         self._sending.add(order.id)
         try:
-            async with self.database.session(user_id) as session:
-                found = await _ACCOUNT_ACTIVE.fetch(session, id=order.account_id, user_id=user_id)
+            async with self.database.driver_transaction(user_id) as tx:
+                found = await _ACCOUNT_ACTIVE.fetch(tx, id=order.account_id, user_id=user_id)
                 active = found[0][0] if found else None
                 if active is None:
                     raise NotFound(f"account {order.account_id} not found")
                 if not active:
                     raise AccountInactive(f"account {order.account_id} is deactivated: reactivate it to trade")
                 try:
-                    await self.risk.check(order, instrument, mid, session, tripped=tripped)
+                    await self.risk.check(order, instrument, mid, tx, tripped=tripped)
                 except RiskRefused as refusal:
                     order.status = OrderStatus.REJECTED.value
                     order.reject_reason = f"risk:{refusal.limit_type}: {refusal.detail}"[:255]
-                    session.add(order)
-                    await session.flush()
-                    alert = await self.risk.record_refusal(session, order, refusal)
-                    if alert is not None:
-                        stored.alerts.append(alert)
+                    await insert_order(tx, order)
+                    stored.alerts.append(await self.risk.record_refusal(tx, order, refusal))
                     stored.refusal = refusal
                 else:
-                    locked = await store_new_order(session, order, asset, amount)
+                    locked = await store_new_order(tx, order, asset, amount)
                     stored.balances[locked.id] = locked
         except BaseException:
             self._sending.discard(order.id)

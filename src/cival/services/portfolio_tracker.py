@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cival.core.db import Database
-from cival.database.driver_sql import DriverInsert, DriverStatement
+from cival.database.driver_sql import DriverInsert, DriverStatement, Target
 from cival.database.models import Balance, Order, PortfolioSnapshot, Position, Trade, TradingAccount
 from cival.domain import portfolio as pf
 from cival.models.trading_models import PortfolioBalanceOut, PositionOut, SnapshotOut, SummaryOut
@@ -88,26 +88,31 @@ _INSERT_POSITION = DriverInsert(Position.__table__)
 _INSERT_TRADE = DriverInsert(Trade.__table__)
 
 
-async def store_new_order(session: AsyncSession, order: Order, asset: str, amount: Decimal) -> Balance:
+async def insert_order(tx: Target, order: Order) -> None:
+    """Insert `order` as it stands (a refused one, stored `rejected`), in the caller's transaction."""
+    await _INSERT_ORDER.row(tx, order)
+
+
+async def store_new_order(tx: Target, order: Order, asset: str, amount: Decimal) -> Balance:
     """Insert the new `order` and lock `amount` of `asset` for it, in the caller's transaction (on the driver's
     connection: this runs for every order, D38). Raises `pf.InsufficientFunds` before writing anything. Returns the
-    balance as it now stands (not attached to the session)."""
+    balance as it now stands (not attached to any session)."""
     if order.account_id is None:
         raise ValueError(f"order {order.id} has no account")
-    rows = await _LOCK_BALANCE.fetch(session, account_id=order.account_id, asset=asset)
+    rows = await _LOCK_BALANCE.fetch(tx, account_id=order.account_id, asset=asset)
     balance_id, free, locked = rows[0] if rows else (uuid.uuid4(), Decimal(0), Decimal(0))
     value = pf.reserve(pf.Balance(asset, free, locked), amount)
     order.reserved = amount
-    await _INSERT_ORDER.row(session, order)
+    await _INSERT_ORDER.row(tx, order)
     row = new_balance(order.user_id, order.account_id, asset, order.exchange)
     row.id, row.updated_at = balance_id, datetime.now(UTC)
     _store(row, value)
     if rows:
         await _SET_BALANCE.execute(
-            session, free=row.free, locked=row.locked, total=row.total, updated_at=row.updated_at, id=row.id
+            tx, free=row.free, locked=row.locked, total=row.total, updated_at=row.updated_at, id=row.id
         )
     else:
-        await _INSERT_BALANCE.row(session, row)
+        await _INSERT_BALANCE.row(tx, row)
     return row
 
 

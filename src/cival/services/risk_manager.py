@@ -2,14 +2,15 @@
 
 Contract with the order path (`services/order_management.py`):
 
-- `RiskGate.check(order, instrument, reference_price, session)` runs for every order from every source, after the
+- `RiskGate.check(order, instrument, reference_price, tx)` runs for every order from every source, after the
   order is validated against its pair and before anything is sent, inside the transaction that stores the order (one
-  transaction per order, not two). It raises `RiskRefused` to refuse the order. When the kill switch must first be
-  engaged (automatic trip on a daily loss breach) it raises `TripFirst`: the order path ends its transaction, calls
-  `RiskGate.trip` (which cancels the user's working orders through `cancel_all`, so no write transaction may be held
-  around it) and asks again with `tripped=True`.
+  transaction per order, not two; a driver transaction, D42). It raises `RiskRefused` to refuse the order. When the
+  kill switch must first be engaged (automatic trip on a daily loss breach) it raises `TripFirst`: the order path
+  ends its transaction, calls `RiskGate.trip` (which cancels the user's working orders through `cancel_all`, so no
+  write transaction may be held around it) and asks again with `tripped=True`. A user's first order finds no limits
+  yet: the gate raises `DefaultsFirst`, and the order path ends its transaction, calls `RiskGate.seed` and asks again.
 - On a refusal the order path stores the order as `rejected` (reason `risk:<limit_type>: <detail>`), calls
-  `RiskGate.record_refusal(session, order, refusal)` in the SAME transaction (it writes the `risk_alerts` row and
+  `RiskGate.record_refusal(tx, order, refusal)` in the SAME transaction (it writes the `risk_alerts` row and
   returns it), publishes the order and the alert, and answers 422 with the refusal (503 when a check could not run).
 
 Everything the configured limits need (the limits, the kill switch, positions, working orders, balances, the start
@@ -27,7 +28,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Date, Integer, String, Uuid, bindparam, case, cast, func, literal_column, null, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -38,7 +39,7 @@ from cival.core.cache import Cache
 from cival.core.db import READ_ONLY, Database
 from cival.core.exceptions import ServiceUnavailable, ValidationFailed
 from cival.core.logging import get_logger
-from cival.database.driver_sql import DriverQuery
+from cival.database.driver_sql import DriverInsert, DriverQuery, DriverTx, Target
 from cival.database.models import (
     Balance,
     Money,
@@ -63,6 +64,7 @@ log = get_logger(__name__)
 Prices = Callable[[], Awaitable[dict[str, Decimal]]]
 UserPublisher = Callable[[uuid.UUID, str, Mapping[str, Any]], Awaitable[Any]]
 CancelAll = Callable[[Principal, str | None], Awaitable[Sequence[Any]]]
+T = TypeVar("T")
 
 WORKING = tuple(s.value for s in OrderStatus if s not in TERMINAL_STATUSES)
 ALERT_TYPES = {
@@ -125,6 +127,11 @@ class TripFirst(Exception):
         super().__init__(f"today's loss {loss} reached the daily_loss limit {limit}")
         self.loss = loss
         self.limit = limit
+
+
+class DefaultsFirst(Exception):
+    """The user has no risk rows yet (a first order): the caller ends its transaction, `RiskGate.seed`s the default
+    limits (under the user's limits lock, in a transaction of its own) and asks again."""
 
 
 class RiskCheckUnavailable(RiskRefused):
@@ -226,6 +233,7 @@ def standing_query(*, of_symbol: bool) -> CompoundSelect[Any]:
 
 
 _STANDING = {of_symbol: DriverQuery(standing_query(of_symbol=of_symbol)) for of_symbol in (True, False)}
+_INSERT_ALERT = DriverInsert(RiskAlert.__table__)
 
 
 def parse_standing(rows: Sequence[Any]) -> Loaded:
@@ -339,38 +347,30 @@ class RiskGate:
         order: Order,
         instrument: Instrument,
         reference_price: Decimal | None,
-        session: AsyncSession | None = None,
+        tx: DriverTx | None = None,
         *,
         tripped: bool = False,
     ) -> None:
         """Refuse the order (`RiskRefused`) if it breaks a limit; every order from every source comes here.
 
-        With `session`, the gate reads (and, for a user's first order, seeds the default limits) inside the caller's
-        transaction, the one that then stores the order; it raises `TripFirst` when the kill switch must be engaged
-        before the order is judged (the caller ends its transaction, `trip`s, and asks again with `tripped`, which
-        judges the order as it came). Without one, the gate runs its own transaction and does all of that itself.
+        With `tx`, the gate reads inside the caller's transaction, the one that then stores the order; it raises
+        `TripFirst` when the kill switch must be engaged before the order is judged (the caller ends its
+        transaction, `trip`s, and asks again with `tripped`, which judges the order as it came), and `DefaultsFirst`
+        when the user has no limits yet (the caller ends its transaction, `seed`s, and asks again). Without one, the
+        gate runs its own transaction and does all of that itself.
         """
-        if session is None:
-            refused = None
-            try:
-                async with self.database.session(order.user_id) as own:
-                    try:
-                        await self.check(order, instrument, reference_price, own, tripped=tripped)
-                    except RiskRefused as refusal:  # the seeded defaults are kept
-                        refused = refusal
-            except TripFirst as first:
-                await self.trip(order.user_id, first.loss, first.limit)
-                await self.check(order, instrument, reference_price, tripped=True)
-                return
-            if refused is not None:
-                raise refused
+        if tx is None:
+
+            async def own_transaction(tripped: bool) -> None:
+                async with self.database.driver_transaction(order.user_id) as own:
+                    await self.check(order, instrument, reference_price, own, tripped=tripped)
+
+            await self.judged(order.user_id, own_transaction)
             return
         user_id = order.user_id
-        loaded = await self.load(user_id, order.symbol, session)
+        loaded = await self.load(user_id, order.symbol, tx)
         if loaded.kill_switch is None:
-            await lock_user_limits(session, user_id)
-            await seed_defaults(session, user_id)
-            loaded = await self.load(user_id, order.symbol, session)
+            raise DefaultsFirst
         limits = risk.effective(loaded.limits, order.symbol)
         needs_prices = bool({LimitType.DAILY_LOSS, LimitType.LEVERAGE} & limits.keys())
         prices = await self._recent_prices() if needs_prices else {}
@@ -432,7 +432,29 @@ class RiskGate:
                 limit_id=limit.id,
             ) from exc
 
-    async def record_refusal(self, session: AsyncSession, order: Order, refusal: RiskRefused) -> RiskAlert | None:
+    async def judged(self, user_id: uuid.UUID, attempt: Callable[[bool], Awaitable[T]]) -> T:
+        """`attempt(tripped)` (a transaction that calls `check`), after what the gate asks to happen first, each
+        outside any transaction: a first order's default limits are created (`DefaultsFirst`), and the kill switch
+        is engaged before the order is judged as it came (`TripFirst`, then `tripped` is True)."""
+        tripped = False
+        for _ in range(3):
+            try:
+                return await attempt(tripped)
+            except DefaultsFirst:
+                await self.seed(user_id)
+            except TripFirst as first:
+                await self.trip(user_id, first.loss, first.limit)
+                tripped = True
+        raise RuntimeError(f"the risk gate could not set up user {user_id}'s limits")
+
+    async def seed(self, user_id: uuid.UUID) -> None:
+        """Give the user the default limits if they have no risk rows yet (their first order), in a transaction of
+        its own."""
+        async with self.database.session(user_id) as session:
+            await lock_user_limits(session, user_id)
+            await seed_defaults(session, user_id)
+
+    async def record_refusal(self, tx: Target, order: Order, refusal: RiskRefused) -> RiskAlert:
         """Write the alert for a refused order inside the caller's transaction."""
         alert = RiskAlert(
             id=uuid.uuid4(),
@@ -453,19 +475,18 @@ class RiskGate:
             acknowledged=False,
             created_at=datetime.now(UTC),
         )
-        session.add(alert)
-        await session.flush()
+        await _INSERT_ALERT.row(tx, alert)
         return alert
 
     # --- reading ---------------------------------------------------------------------------------------------
 
-    async def load(self, user_id: uuid.UUID, symbol: str | None, session: AsyncSession | None = None) -> Loaded:
-        """Limits and standing in one query (positions of `symbol` only, when given), in `session` when given."""
+    async def load(self, user_id: uuid.UUID, symbol: str | None, tx: Target | None = None) -> Loaded:
+        """Limits and standing in one query (positions of `symbol` only, when given), in `tx` when given."""
         params = {"user_id": user_id, "today": datetime.now(UTC).date(), "symbol": symbol}
         query = _STANDING[symbol is not None]
         rows: Sequence[Any]
-        if session is not None:  # the order path: on the driver (D38)
-            rows = await query.fetch(session, **params)
+        if tx is not None:  # the order path: on the driver (D38, D42)
+            rows = await query.fetch(tx, **params)
         elif self.database.is_sqlite:
             # No row-level security to bind on SQLite, and an ORM session costs a quarter of the gate's time there.
             async with self._reader.connect() as connection:

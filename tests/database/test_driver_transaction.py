@@ -1,0 +1,150 @@
+"""`Database.driver_transaction` (core/db.py, D42): a transaction on the driver's own connection, with no SQLAlchemy
+session, that commits or rolls back as a whole, is bound by row-level security like `Database.session` on
+PostgreSQL, and gives up a lost connection as `OperationalError` (the API's 503)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import Integer, func, literal_column, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cival.config import Settings
+from cival.core import db as db_module
+from cival.core.db import Database, make_engine
+from cival.database.driver_sql import DriverStatement
+from cival.database.models import Order
+from cival.services.portfolio_tracker import insert_order
+from tests.api._identity import Identities
+
+ORDERS = Order.__table__.c
+COUNT_ORDERS = DriverStatement(
+    "SELECT count(*) FROM orders WHERE user_id = :user_id",
+    {"user_id": ORDERS.user_id},
+    [literal_column("n", Integer())],
+)
+BACKEND_PID = DriverStatement("SELECT pg_backend_pid()", {}, [literal_column("pid", Integer())])
+
+
+async def _account(ids: Identities) -> tuple[uuid.UUID, uuid.UUID]:
+    user = await ids.new_user()
+    response = await user.post("/api/v1/accounts", json={"exchange": "paper"})
+    assert response.status_code == 201, response.text
+    return user.id, uuid.UUID(response.json()["id"])
+
+
+def _order(user_id: uuid.UUID, account_id: uuid.UUID, client_order_id: str | None = None) -> Order:
+    now = datetime.now(UTC)
+    return Order(
+        id=uuid.uuid4(),
+        user_id=user_id,
+        account_id=account_id,
+        client_order_id=client_order_id,
+        symbol="BTC/USDT",
+        side="buy",
+        type="limit",
+        quantity=Decimal("0.001"),
+        price=Decimal(60000),
+        time_in_force="GTC",
+        post_only=False,
+        status="pending",
+        filled_quantity=Decimal(0),
+        fees=Decimal(0),
+        reserved=Decimal(0),
+        exchange="paper",
+        created_at=now,
+        updated_at=now,
+    )
+
+
+async def _orders_of(db: Database, user_id: uuid.UUID) -> int:
+    async with db.system_session(read_only=True) as session:
+        return int(await session.scalar(select(func.count()).select_from(Order).where(Order.user_id == user_id)) or 0)
+
+
+async def test_it_commits_on_success_and_writes_nothing_on_any_error(ids: Identities, db: Database) -> None:
+    user_id, account_id = await _account(ids)
+    async with db.driver_transaction(user_id) as tx:
+        await insert_order(tx, _order(user_id, account_id, "kept"))
+    assert await _orders_of(db, user_id) == 1
+
+    async def fail_after_writing() -> None:
+        async with db.driver_transaction(user_id) as tx:
+            await insert_order(tx, _order(user_id, account_id))
+            raise RuntimeError("the caller failed after writing")
+
+    async def fail_on_a_statement() -> None:
+        async with db.driver_transaction(user_id) as tx:
+            await insert_order(tx, _order(user_id, account_id))
+            await insert_order(tx, _order(user_id, account_id, "kept"))  # a duplicate client order id
+
+    with pytest.raises(RuntimeError):
+        await fail_after_writing()
+    with pytest.raises(IntegrityError):  # the transaction is rolled back, and the connection usable again
+        await fail_on_a_statement()
+    assert await _orders_of(db, user_id) == 1
+    async with db.driver_transaction(None) as tx:  # the connection went back to the pool clean
+        assert (await COUNT_ORDERS.fetch(tx, user_id=user_id)) == [(1,)]
+
+
+@pytest.mark.postgres
+async def test_row_level_security_binds_a_users_transaction_and_not_the_platforms(
+    postgres_url: str, ids: Identities, db: Database
+) -> None:
+    owner, account_id = await _account(ids)
+    other, _ = await _account(ids)
+    async with db.driver_transaction(owner) as tx:
+        await insert_order(tx, _order(owner, account_id))
+    async with db.driver_transaction(other) as tx:
+        assert await COUNT_ORDERS.fetch(tx, user_id=owner) == [(0,)]  # another user's rows are invisible
+
+    async def write_in_their_name() -> None:
+        async with db.driver_transaction(other) as tx:
+            await insert_order(tx, _order(owner, account_id))
+
+    with pytest.raises(Exception, match="row-level security"):
+        await write_in_their_name()
+    async with db.driver_transaction(owner) as tx:
+        assert await COUNT_ORDERS.fetch(tx, user_id=owner) == [(1,)]
+    async with db.driver_transaction(None) as tx:
+        assert await COUNT_ORDERS.fetch(tx, user_id=owner) == [(1,)]
+
+
+@pytest.fixture
+async def database_and_admin(postgres_url: str) -> AsyncIterator[tuple[Database, AsyncEngine]]:
+    database = Database(Settings(env="test", database_url=postgres_url))
+    admin = make_engine(postgres_url, app_role=False)
+    try:
+        yield database, admin
+    finally:
+        await database.close()
+        await admin.dispose()
+
+
+@pytest.mark.postgres
+async def test_a_lost_connection_is_operational_error_and_the_pool_replaces_it(
+    database_and_admin: tuple[Database, AsyncEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database, admin = database_and_admin
+    monkeypatch.setattr(db_module, "PING_AFTER_IDLE_SECONDS", 3600.0)  # no ping: the transaction meets the loss
+    async with database.driver_transaction(None) as tx:
+        [(pid,)] = await BACKEND_PID.fetch(tx)
+    async with admin.connect() as conn:
+        await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        await conn.commit()
+
+    async def meet_the_loss() -> None:
+        async with database.driver_transaction(None) as tx:
+            await BACKEND_PID.fetch(tx)
+
+    with pytest.raises(OperationalError) as caught:
+        await meet_the_loss()
+    assert caught.value.connection_invalidated  # the API answers 503 database_unavailable for it
+    async with database.driver_transaction(None) as tx:
+        [(fresh,)] = await BACKEND_PID.fetch(tx)
+    assert fresh != pid
