@@ -15,9 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cival.core.db import Database
 from cival.core.service_registry import ServiceRegistry
-from cival.database.driver_sql import DriverInsert, DriverStatement
+from cival.database.driver_sql import DriverInsert, DriverRows, DriverStatement
 from cival.database.models import Order
 from cival.database.types import DecimalPrecisionError
+from cival.models.trading_models import OrderOut
 from tests.api._identity import Identities
 
 ORDERS = Order.__table__.c
@@ -162,3 +163,40 @@ async def test_many_rows_go_in_one_call_and_a_duplicate_among_them_writes_none(i
         ("many-1", "cancelled", Decimal("0.00000002")),
         ("many-2", "cancelled", Decimal("0.00000003")),
     ]
+
+
+READ_SOME = DriverStatement(
+    "SELECT client_order_id FROM orders WHERE id = ANY(:ids) AND status = ANY(:statuses) ORDER BY client_order_id",
+    {"ids": ORDERS.id, "statuses": ORDERS.status},
+    [ORDERS.client_order_id],
+)
+
+
+async def test_a_list_is_bound_element_by_element_whatever_its_length(ids: Identities, db: Database) -> None:
+    user_id, account_id = await _account(ids)
+    batch = [_order(user_id, account_id, f"list-{i}") for i in range(4)]
+    batch[3].status = "filled"
+    async with db.driver_transaction(user_id) as tx:
+        await INSERT_ORDER.rows(tx, batch)
+    async with db.driver_transaction(user_id) as tx:
+        for wanted in ([0], [0, 2], [0, 1, 2, 3]):  # PostgreSQL: one array; SQLite: one placeholder per element
+            rows = await READ_SOME.fetch(tx, ids=[batch[i].id for i in wanted], statuses=["pending", "partial"])
+            assert rows == [(f"list-{i}",) for i in wanted if i != 3]
+        assert await READ_SOME.fetch(tx, ids=[batch[3].id], statuses=["filled"]) == [("list-3",)]
+
+
+async def test_whole_rows_are_built_as_the_orm_loads_them(ids: Identities, db: Database) -> None:
+    user_id, account_id = await _account(ids)
+    batch = [_order(user_id, account_id, f"rows-{i}") for i in range(3)]
+    async with db.driver_transaction(user_id) as tx:
+        await INSERT_ORDER.rows(tx, batch)
+    load = DriverRows(Order, "id = ANY(:ids)", {"ids": ORDERS.id}, for_update=True)
+    async with db.driver_transaction(user_id) as tx:
+        built = await load.all(tx, ids=[o.id for o in batch])
+    async with db.session(user_id, read_only=True) as session:
+        by_orm = (await session.scalars(select(Order).where(Order.user_id == user_id).order_by(Order.id))).all()
+    keys = [c.key for c in Order.__table__.columns]
+    assert [[getattr(o, k) for k in keys] for o in built] == [[getattr(o, k) for k in keys] for o in by_orm]
+    assert [o.id for o in built] == sorted(o.id for o in batch)  # in the order asked for
+    built[0].status = "cancelled"  # an ordinary instance of the class: attributes set and read as usual
+    assert OrderOut.model_validate(built[0]).status == "cancelled"

@@ -22,7 +22,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-_PLACEHOLDER = re.compile(r":(\w+)")
+_PLACEHOLDER = re.compile(r":(\w+(?:\[\d+\])?)")
+_ANY = re.compile(r"= ANY\(:(\w+)\)")
 _DRIVER_KEY = "cival.driver_connection"
 """`session.info` key of (SQLAlchemy transaction, `DriverTx`): the connection is the transaction's."""
 
@@ -117,6 +118,8 @@ class DriverStatement:
 
     `params` maps each parameter name to the column whose type encodes it; `results` lists the columns the statement
     returns, in order. `sqlite_sql` replaces the text on SQLite where the two dialects differ (`FOR UPDATE`).
+    A list is bound with PostgreSQL's `= ANY(:name)` (one array parameter, each element encoded by the column's
+    type); on SQLite that becomes `IN (?, ?, ...)`, one placeholder per element.
     """
 
     def __init__(
@@ -130,12 +133,19 @@ class DriverStatement:
         self._sql = {"postgresql": sql, "sqlite": sqlite_sql or sql}
         self._params = params
         self._results = list(results)
-        self._compiled: dict[str, _Compiled] = {}
+        self._lists = _ANY.findall(sql)
+        self._compiled: dict[Any, _Compiled] = {}
 
-    def _compile(self, dialect: Dialect) -> _Compiled:
-        compiled = self._compiled.get(dialect.name)
+    def _compile(self, dialect: Dialect, values: dict[str, Any]) -> tuple[_Compiled, dict[str, Any]]:
+        """The statement for `dialect` (and, on SQLite, for these lists' lengths), and `values` as it binds them."""
+        lengths: tuple[int, ...] = ()
+        if self._lists and dialect.name == "sqlite":
+            lengths = tuple(len(values[name]) for name in self._lists)
+            values = values | {f"{name}[{i}]": v for name in self._lists for i, v in enumerate(values[name])}
+        key = (dialect.name, lengths) if lengths else dialect.name
+        compiled = self._compiled.get(key)
         if compiled is not None:
-            return compiled
+            return compiled, values
         names: list[str] = []
         asyncpg = dialect.driver == "asyncpg"
 
@@ -143,33 +153,50 @@ class DriverStatement:
             names.append(match.group(1))
             return f"${len(names)}" if asyncpg else "?"
 
-        sql = _PLACEHOLDER.sub(placeholder, self._sql[dialect.name])
-        binds: list[Processor] = [self._params[name].type._cached_bind_processor(dialect) for name in names]
+        def expand(match: re.Match[str]) -> str:
+            name = match.group(1)
+            return "IN (" + ", ".join(f":{name}[{i}]" for i in range(len(values[name]))) + ")"
+
+        sql = self._sql[dialect.name]
+        if lengths:
+            sql = _ANY.sub(expand, sql)
+        sql = _PLACEHOLDER.sub(placeholder, sql)
+        binds = [self._bind(name, dialect) for name in names]
         results: list[Processor] = [
             column.type._cached_result_processor(dialect, _coltype(column.type, asyncpg)) for column in self._results
         ]
-        compiled = self._compiled[dialect.name] = _Compiled(sql, names, binds, results, asyncpg)
-        return compiled
+        compiled = self._compiled[key] = _Compiled(sql, names, binds, results, asyncpg)
+        return compiled, values
+
+    def _bind(self, name: str, dialect: Dialect) -> Processor:
+        column, _, index = name.partition("[")
+        process: Processor = self._params[column].type._cached_bind_processor(dialect)
+        if index or column not in self._lists or process is None:
+            return process
+        element = process
+        return lambda values: [element(v) for v in values]
 
     async def fetch(self, target: Target, **values: Any) -> list[tuple[Any, ...]]:
         """Run in `target`'s transaction; the rows, decoded."""
         tx = await driver_tx(target)
-        compiled = self._compile(tx.dialect)
+        compiled, values = self._compile(tx.dialect, values)
         rows = await compiled.fetch(tx.driver, compiled.bind(values))
         return [tuple(compiled.decode(row)) for row in rows]
 
     async def execute(self, target: Target, **values: Any) -> None:
         """Run in `target`'s transaction, for its effect."""
         tx = await driver_tx(target)
-        compiled = self._compile(tx.dialect)
+        compiled, values = self._compile(tx.dialect, values)
         await compiled.execute(tx.driver, compiled.bind(values))
 
     async def execute_many(self, target: Target, rows: Sequence[dict[str, Any]]) -> None:
         """Run once per element of `rows` (one driver call), in `target`'s transaction."""
         if not rows:
             return
+        if self._lists:
+            raise ValueError("execute_many cannot bind lists")
         tx = await driver_tx(target)
-        compiled = self._compile(tx.dialect)
+        compiled, _ = self._compile(tx.dialect, rows[0])
         await compiled.execute_many(tx.driver, [compiled.bind(values) for values in rows])
 
 
@@ -214,6 +241,37 @@ class DriverQuery:
         compiled, fixed, row = self._compile(tx.dialect)
         records = await compiled.fetch(tx.driver, compiled.bind(fixed | values))
         return [row(*compiled.decode(record)) for record in records]
+
+
+class DriverRows:
+    """`SELECT` of whole rows of a mapped class `WHERE <where> ORDER BY <order_by>` (`FOR UPDATE` on PostgreSQL when
+    asked), returned as instances of the class that belong to no session, built as the ORM's own loading builds them
+    (no `__init__`, the attributes set from the row)."""
+
+    def __init__(
+        self,
+        model: Any,
+        where: str,
+        params: dict[str, ColumnElement[Any]],
+        *,
+        order_by: str = "id",
+        for_update: bool = False,
+    ) -> None:
+        table = model.__table__
+        columns = list(table.columns)
+        self.keys = [model.__mapper__.get_property_by_column(c).key for c in columns]
+        self.manager = model._sa_class_manager
+        # Names from the table's definition and the caller's constant text; values bound.
+        sql = f"SELECT {', '.join(c.name for c in columns)} FROM {table.description} WHERE {where} ORDER BY {order_by}"  # noqa: S608
+        self.statement = DriverStatement(sql + (" FOR UPDATE" if for_update else ""), params, columns, sqlite_sql=sql)
+
+    async def all(self, target: Target, **values: Any) -> list[Any]:
+        out = []
+        for row in await self.statement.fetch(target, **values):
+            obj = self.manager.new_instance()
+            obj.__dict__.update(zip(self.keys, row, strict=True))
+            out.append(obj)
+        return out
 
 
 class DriverInsert:

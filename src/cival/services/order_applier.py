@@ -26,11 +26,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from cival.core.db import Database
 from cival.core.logging import get_logger
+from cival.database.driver_sql import DriverRows, DriverStatement, DriverTx
 from cival.database.models import Balance, Order, Position, RiskAlert, Trade
 from cival.domain.instruments import Instrument
 from cival.domain.matching import Cancelled, Event, Filled, Rejected, Triggered
@@ -77,6 +75,29 @@ class _Loaded:
 
 
 _Call = tuple[list[Event], "asyncio.Future[Changes]"]
+
+# A batch's rows, loaded and locked in id order (two processes never deadlock), on the driver (D42).
+_LOCK_ORDERS = DriverRows(Order, "id = ANY(:ids)", {"ids": Order.__table__.c.id}, for_update=True)
+_LOCK_BALANCES = DriverRows(
+    Balance, "account_id = ANY(:accounts)", {"accounts": Balance.__table__.c.account_id}, for_update=True
+)
+_LOCK_POSITIONS = DriverRows(
+    Position,
+    "account_id = ANY(:accounts) AND symbol = ANY(:symbols)",
+    {"accounts": Position.__table__.c.account_id, "symbols": Position.__table__.c.symbol},
+    for_update=True,
+)
+_T = Trade.__table__.c
+_STORED_TRADES = DriverStatement(
+    "SELECT exchange, external_trade_id FROM trades WHERE external_trade_id = ANY(:trade_ids)",
+    {"trade_ids": _T.external_trade_id},
+    [_T.exchange, _T.external_trade_id],
+)
+_FILLED_SO_FAR = DriverStatement(
+    "SELECT order_id, quantity, price FROM trades WHERE order_id = ANY(:order_ids)",
+    {"order_ids": _T.order_id},
+    [_T.order_id, _T.quantity, _T.price],
+)
 
 
 class EventApplier:
@@ -179,15 +200,13 @@ class EventApplier:
         if not events and not self._owed:
             return changes
         prices = await self.prices()
-        async with self.database.system_session() as session:
+        async with self.database.driver_transaction(None) as tx:  # the platform's, on the driver (D42)
             if events:
-                loaded = await self._load(session, events)
-                # The rows are locked; they are written below on the driver's connection (D38), not by a flush.
-                session.expunge_all()
+                loaded = await self._load(tx, events)
                 for event in events:
                     self._apply(loaded, event, changes)
                 await write_changes(
-                    session,
+                    tx,
                     changes.orders.values(),
                     changes.trades,
                     changes.positions.values(),
@@ -196,7 +215,7 @@ class EventApplier:
                 )
             due = self._due(changes.users)
             for user_id in due:
-                await record_snapshot(session, user_id, prices, self.starting_balances)
+                await record_snapshot(tx, user_id, prices, self.starting_balances)
         written = time.monotonic()
         for user_id in due:
             self._snapshotted[user_id] = written
@@ -212,14 +231,9 @@ class EventApplier:
         now = time.monotonic()
         return sorted(u for u in self._owed if now - self._snapshotted.get(u, -math.inf) >= self.snapshot_seconds)
 
-    async def _load(self, session: AsyncSession, events: list[Event]) -> _Loaded:
+    async def _load(self, tx: DriverTx, events: list[Event]) -> _Loaded:
         ids = sorted({uuid.UUID(e.order_id) for e in events})
-        orders = {
-            o.id: o
-            for o in (
-                await session.scalars(select(Order).where(Order.id.in_(ids)).order_by(Order.id).with_for_update())
-            ).all()
-        }
+        orders = {o.id: o for o in await _LOCK_ORDERS.all(tx, ids=ids)}
         accounts = sorted({o.account_id for o in orders.values() if o.account_id is not None})
         symbols = sorted({o.symbol for o in orders.values()})
         balances: dict[tuple[uuid.UUID, str], Balance] = {}
@@ -228,36 +242,18 @@ class EventApplier:
         notional: dict[uuid.UUID, Decimal] = {}
         fills = [e for e in events if isinstance(e, Filled)]
         if accounts and any(isinstance(e, Filled | Cancelled | Rejected) for e in events):
-            for b in (
-                await session.scalars(
-                    select(Balance).where(Balance.account_id.in_(accounts)).order_by(Balance.id).with_for_update()
-                )
-            ).all():
+            for b in await _LOCK_BALANCES.all(tx, accounts=accounts):
                 balances[(b.account_id, b.asset)] = b
         if not fills or not accounts:
             return _Loaded(orders, balances, positions, stored, notional)
-        for p in (
-            await session.scalars(
-                select(Position)
-                .where(Position.account_id.in_(accounts), Position.symbol.in_(symbols))
-                .order_by(Position.id)
-                .with_for_update()
-            )
-        ).all():
+        for p in await _LOCK_POSITIONS.all(tx, accounts=accounts, symbols=symbols):
             positions[(p.account_id, p.symbol)] = p
-        trade_ids = sorted({e.fill.trade_id for e in fills})
-        rows = await session.execute(
-            select(Trade.exchange, Trade.external_trade_id).where(Trade.external_trade_id.in_(trade_ids))
-        )
-        stored = {(exchange, trade_id) for exchange, trade_id in rows.all() if trade_id is not None}
+        rows = await _STORED_TRADES.fetch(tx, trade_ids=sorted({e.fill.trade_id for e in fills}))
+        stored = {(exchange, trade_id) for exchange, trade_id in rows if trade_id is not None}
         # The exact average needs the exact notional so far; an order with no fills yet has none to read.
         earlier = sorted({o.id for o in orders.values() if o.filled_quantity > 0})
         if earlier:
-            for order_id, quantity, price in (
-                await session.execute(
-                    select(Trade.order_id, Trade.quantity, Trade.price).where(Trade.order_id.in_(earlier))
-                )
-            ).all():
+            for order_id, quantity, price in await _FILLED_SO_FAR.fetch(tx, order_ids=earlier):
                 if order_id is not None:
                     notional[order_id] = notional.get(order_id, Decimal(0)) + quantity * price
         return _Loaded(orders, balances, positions, stored, notional)

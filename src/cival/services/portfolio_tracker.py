@@ -117,7 +117,7 @@ async def store_new_order(tx: Target, order: Order, asset: str, amount: Decimal)
 
 
 async def write_changes(
-    session: AsyncSession,
+    tx: Target,
     orders: Collection[Order],
     trades: Collection[Trade],
     positions: Collection[Position],
@@ -129,7 +129,7 @@ async def write_changes(
     `created`, updated otherwise; the caller loaded and locked those). One driver call per kind of write."""
     now = datetime.now(UTC)
     await _UPDATE_ORDER.execute_many(
-        session,
+        tx,
         [
             {
                 "status": o.status,
@@ -145,10 +145,10 @@ async def write_changes(
             for o in orders
         ],
     )
-    await _INSERT_TRADE.rows(session, list(trades))
-    await _INSERT_POSITION.rows(session, [p for p in positions if p.id in created])
+    await _INSERT_TRADE.rows(tx, list(trades))
+    await _INSERT_POSITION.rows(tx, [p for p in positions if p.id in created])
     await _UPDATE_POSITION.execute_many(
-        session,
+        tx,
         [
             {
                 "size": p.size,
@@ -164,9 +164,9 @@ async def write_changes(
     )
     for b in balances:
         b.updated_at = now
-    await _INSERT_BALANCE.rows(session, [b for b in balances if b.id in created])
+    await _INSERT_BALANCE.rows(tx, [b for b in balances if b.id in created])
     await _SET_BALANCE.execute_many(
-        session,
+        tx,
         [
             {"free": b.free, "locked": b.locked, "total": b.total, "updated_at": b.updated_at, "id": b.id}
             for b in balances
@@ -245,56 +245,76 @@ def settle_fill(
     position.updated_at = trade.created_at
 
 
+_S = PortfolioSnapshot.__table__.c
+_USER_BALANCES = DriverStatement(
+    "SELECT asset, total FROM balances WHERE user_id = :user_id", {"user_id": _B.user_id}, [_B.asset, _B.total]
+)
+_USER_POSITIONS = DriverStatement(
+    "SELECT symbol, size, average_price FROM positions WHERE user_id = :user_id",
+    {"user_id": _P.user_id},
+    [_P.symbol, _P.size, _P.average_price],
+)
+_A = TradingAccount.__table__.c
+_PAPER_ACCOUNTS = DriverStatement(
+    "SELECT id FROM trading_accounts WHERE user_id = :user_id AND exchange = 'paper'",
+    {"user_id": _A.user_id},
+    [_A.id],
+)
+_PREVIOUS_SNAPSHOT = DriverStatement(
+    "SELECT total_value FROM portfolio_snapshots WHERE user_id = :user_id AND snapshot_date < :today "
+    "ORDER BY snapshot_date DESC LIMIT 1",
+    {"user_id": _S.user_id, "today": _S.snapshot_date},
+    [_S.total_value],
+)
+_SNAPSHOT_COLUMNS = ("id", "user_id", "total_value", "total_pnl", "daily_pnl", "positions_count", "snapshot_date")
+_UPSERT_SNAPSHOT = DriverStatement(
+    f"INSERT INTO portfolio_snapshots ({', '.join(_SNAPSHOT_COLUMNS)}, created_at) "  # noqa: S608 - fixed names
+    f"VALUES ({', '.join(':' + c for c in _SNAPSHOT_COLUMNS)}, :created_at) "
+    "ON CONFLICT (user_id, snapshot_date) DO UPDATE SET total_value = excluded.total_value, "
+    "total_pnl = excluded.total_pnl, daily_pnl = excluded.daily_pnl, positions_count = excluded.positions_count",
+    {name: _S[name] for name in (*_SNAPSHOT_COLUMNS, "created_at")},
+)
+
+
 async def _net_deposits(
-    session: AsyncSession, user_id: uuid.UUID, starting: dict[str, Decimal], prices: dict[str, Decimal]
+    tx: Target, user_id: uuid.UUID, starting: dict[str, Decimal], prices: dict[str, Decimal]
 ) -> Decimal:
-    accounts = (
-        await session.scalars(
-            select(TradingAccount.id).where(TradingAccount.user_id == user_id, TradingAccount.exchange == "paper")
-        )
-    ).all()
+    """What the user's paper accounts were funded with, in USD at `prices`."""
     per_account = pf.portfolio_value(starting, prices).total_value
-    return per_account * len(accounts)
+    return per_account * len(await _PAPER_ACCOUNTS.fetch(tx, user_id=user_id))
 
 
 async def record_snapshot(
-    session: AsyncSession, user_id: uuid.UUID, prices: dict[str, Decimal], starting: dict[str, Decimal]
-) -> PortfolioSnapshot:
-    """Upsert today's snapshot (one per user and day): value, PnL against deposits, PnL since yesterday's."""
-    balances = (await session.scalars(select(Balance).where(Balance.user_id == user_id))).all()
+    tx: Target, user_id: uuid.UUID, prices: dict[str, Decimal], starting: dict[str, Decimal]
+) -> None:
+    """Upsert today's snapshot (one per user and day): value, PnL against deposits, PnL since yesterday's; in the
+    caller's transaction, on the driver (it runs with the fills, D42)."""
     totals: dict[str, Decimal] = {}
-    for b in balances:
-        totals[b.asset] = totals.get(b.asset, Decimal(0)) + b.total
-    positions = (await session.scalars(select(Position).where(Position.user_id == user_id))).all()
-    deposits = await _net_deposits(session, user_id, starting, prices)
+    for asset, total in await _USER_BALANCES.fetch(tx, user_id=user_id):
+        totals[asset] = totals.get(asset, Decimal(0)) + total
+    positions = await _USER_POSITIONS.fetch(tx, user_id=user_id)
+    deposits = await _net_deposits(tx, user_id, starting, prices)
     today = datetime.now(UTC).date()
-    previous = await session.scalar(
-        select(PortfolioSnapshot)
-        .where(PortfolioSnapshot.user_id == user_id, PortfolioSnapshot.snapshot_date < today)
-        .order_by(PortfolioSnapshot.snapshot_date.desc())
-        .limit(1)
-    )
+    previous = await _PREVIOUS_SNAPSHOT.fetch(tx, user_id=user_id, today=today)
     snap = pf.take_snapshot(
-        positions=[pf.Position(p.symbol, p.size, p.average_price, Decimal(0)) for p in positions],
+        positions=[pf.Position(symbol, size, average_price, Decimal(0)) for symbol, size, average_price in positions],
         balances=totals,
         prices_in_usd=prices,
         net_deposits_total=deposits,
-        start_of_day_value=previous.total_value if previous is not None else deposits,
+        start_of_day_value=previous[0][0] if previous else deposits,
         net_deposits_today=Decimal(0),
     )
-    row = await session.scalar(
-        select(PortfolioSnapshot)
-        .where(PortfolioSnapshot.user_id == user_id, PortfolioSnapshot.snapshot_date == today)
-        .with_for_update()
+    await _UPSERT_SNAPSHOT.execute(
+        tx,
+        id=uuid.uuid4(),
+        user_id=user_id,
+        total_value=stored(snap.total_value),
+        total_pnl=stored(snap.total_pnl),
+        daily_pnl=stored(snap.daily_pnl),
+        positions_count=snap.positions_count,
+        snapshot_date=today,
+        created_at=datetime.now(UTC),
     )
-    if row is None:
-        row = PortfolioSnapshot(id=uuid.uuid4(), user_id=user_id, snapshot_date=today, total_value=Decimal(0))
-        session.add(row)
-    row.total_value = stored(snap.total_value)
-    row.total_pnl = stored(snap.total_pnl)
-    row.daily_pnl = stored(snap.daily_pnl)
-    row.positions_count = snap.positions_count
-    return row
 
 
 class PortfolioTracker:
