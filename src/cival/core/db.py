@@ -217,15 +217,10 @@ async def check_reachable(url: str) -> None:
 
 
 def _connection_error(exc: Exception) -> bool:
-    """Whether `exc` is the driver saying its connection failed (not a statement's error)."""
-    if isinstance(exc, OSError | TimeoutError):
-        return True
-    module = type(exc).__module__
-    if module.startswith("asyncpg"):
-        from asyncpg.exceptions import InterfaceError, PostgresConnectionError
-
-        return isinstance(exc, InterfaceError | PostgresConnectionError)
-    return False
+    """Whether `exc`, met on a connection that then could not even roll back, is the driver's (so the connection
+    failed: asyncpg may report a connection the server closed as any of its errors, depending on when the closing
+    message was read), not the caller's own."""
+    return isinstance(exc, OSError | TimeoutError) or type(exc).__module__.startswith("asyncpg")
 
 
 def redact_url(url: str) -> str:

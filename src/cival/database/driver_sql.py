@@ -282,16 +282,18 @@ class DriverInsert:
         names = ", ".join(c.name for c in self.columns)
         values = ", ".join(f":{c.key}" for c in self.columns)
         # Names from the table's definition, values bound: nothing from input reaches the text.
-        sql = f"INSERT INTO {table.description} ({names}) VALUES ({values})"  # noqa: S608
-        self.statement = DriverStatement(sql, {c.key: c for c in self.columns})
+        self.sql = f"INSERT INTO {table.description} ({names}) VALUES ({values})"  # noqa: S608
+        self.params: dict[str, ColumnElement[Any]] = {c.key: c for c in self.columns}
+        self.statement = DriverStatement(self.sql, self.params)
 
     async def row(self, target: Target, obj: Any) -> None:
-        await self.statement.execute(target, **self._values(obj))
+        await self.statement.execute(target, **self.values(obj))
 
     async def rows(self, target: Target, objs: Sequence[Any]) -> None:
-        await self.statement.execute_many(target, [self._values(obj) for obj in objs])
+        await self.statement.execute_many(target, [self.values(obj) for obj in objs])
 
-    def _values(self, obj: Any) -> dict[str, Any]:
+    def values(self, obj: Any) -> dict[str, Any]:
+        """The row's values by column key (an unset column takes its Python default, set on `obj` too)."""
         values = {}
         for column in self.columns:
             value = getattr(obj, column.key)

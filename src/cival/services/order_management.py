@@ -31,7 +31,6 @@ from cival.core.cache import Cache
 from cival.core.db import Database
 from cival.core.exceptions import Conflict, NotFound, ValidationFailed
 from cival.core.logging import get_logger
-from cival.database.driver_sql import DriverStatement
 from cival.database.models import Order, Trade, TradingAccount
 from cival.domain import portfolio as pf
 from cival.domain.instruments import Instrument
@@ -51,7 +50,7 @@ from cival.models.trading_models import OrderIn, OrderOut, OrderPage, TradeOut, 
 from cival.services.auth_service import Principal
 from cival.services.order_applier import Changes, EventApplier, UserPublisher
 from cival.services.order_routing import OrderRoute, VenueUnavailable
-from cival.services.portfolio_tracker import insert_order, store_new_order
+from cival.services.portfolio_tracker import insert_order, lock_funds, store_new_order
 from cival.services.risk_manager import RiskGate, RiskRefused
 from cival.services.websocket_manager import publish_user
 
@@ -64,13 +63,6 @@ class Stored(Changes):
 
     refusal: RiskRefused | None = None
 
-
-_ACCOUNTS = TradingAccount.__table__.c
-_ACCOUNT_ACTIVE = DriverStatement(
-    "SELECT is_active FROM trading_accounts WHERE id = :id AND user_id = :user_id",
-    {"id": _ACCOUNTS.id, "user_id": _ACCOUNTS.user_id},
-    [_ACCOUNTS.is_active],
-)
 
 STOP_BUY_SLIPPAGE = Decimal("0.05")
 """A stop (market) buy reserves at its stop price plus this much: its fill price is not known before the trigger."""
@@ -252,16 +244,17 @@ class OrderManagementService:
         """One transaction: the account is active, the risk gate passes (or the order is stored rejected with its
         alert), the order is stored pending and its funds are locked. On the driver, with no ORM session (D42)."""
         stored = Stored()
-        user_id = order.user_id
+        user_id, account_id = order.user_id, order.account_id
+        if account_id is None:
+            raise ValueError(f"order {order.id} has no account")
         self._sending.add(order.id)
         try:
             async with self.database.driver_transaction(user_id) as tx:
-                found = await _ACCOUNT_ACTIVE.fetch(tx, id=order.account_id, user_id=user_id)
-                active = found[0][0] if found else None
-                if active is None:
-                    raise NotFound(f"account {order.account_id} not found")
-                if not active:
-                    raise AccountInactive(f"account {order.account_id} is deactivated: reactivate it to trade")
+                funds = await lock_funds(tx, user_id, account_id, asset)
+                if funds is None:
+                    raise NotFound(f"account {account_id} not found")
+                if not funds.is_active:
+                    raise AccountInactive(f"account {account_id} is deactivated: reactivate it to trade")
                 try:
                     await self.risk.check(order, instrument, mid, tx, tripped=tripped)
                 except RiskRefused as refusal:
@@ -271,7 +264,7 @@ class OrderManagementService:
                     stored.alerts.append(await self.risk.record_refusal(tx, order, refusal))
                     stored.refusal = refusal
                 else:
-                    locked = await store_new_order(tx, order, asset, amount)
+                    locked = await store_new_order(tx, order, asset, amount, funds)
                     stored.balances[locked.id] = locked
         except BaseException:
             self._sending.discard(order.id)

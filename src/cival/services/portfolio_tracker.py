@@ -11,12 +11,13 @@ import uuid
 from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
+from typing import NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cival.core.db import Database
-from cival.database.driver_sql import DriverInsert, DriverStatement, Target
+from cival.database.driver_sql import DriverInsert, DriverStatement, DriverTx, Target
 from cival.database.models import Balance, Order, PortfolioSnapshot, Position, Trade, TradingAccount
 from cival.domain import portfolio as pf
 from cival.models.trading_models import PortfolioBalanceOut, PositionOut, SnapshotOut, SummaryOut
@@ -46,11 +47,15 @@ def _store(row: Balance, value: pf.Balance) -> None:
 
 
 _B = Balance.__table__.c
-_LOCK_BALANCE = DriverStatement(
-    "SELECT id, free, locked FROM balances WHERE account_id = :account_id AND asset = :asset FOR UPDATE",
-    {"account_id": _B.account_id, "asset": _B.asset},
-    [_B.id, _B.free, _B.locked],
-    sqlite_sql="SELECT id, free, locked FROM balances WHERE account_id = :account_id AND asset = :asset",
+_A = TradingAccount.__table__.c
+_ACCOUNT_FUNDS = DriverStatement(
+    "SELECT a.is_active, b.id, b.free, b.locked FROM trading_accounts a LEFT JOIN LATERAL "
+    "(SELECT id, free, locked FROM balances WHERE account_id = a.id AND asset = :asset FOR UPDATE) b ON true "
+    "WHERE a.id = :account_id AND a.user_id = :user_id",
+    {"asset": _B.asset, "account_id": _A.id, "user_id": _A.user_id},
+    [_A.is_active, _B.id, _B.free, _B.locked],
+    sqlite_sql="SELECT a.is_active, b.id, b.free, b.locked FROM trading_accounts a LEFT JOIN balances b "
+    "ON b.account_id = a.id AND b.asset = :asset WHERE a.id = :account_id AND a.user_id = :user_id",
 )
 _SET_BALANCE = DriverStatement(
     "UPDATE balances SET free = :free, locked = :locked, total = :total, updated_at = :updated_at WHERE id = :id",
@@ -86,6 +91,18 @@ _UPDATE_POSITION = DriverStatement(
 )
 _INSERT_POSITION = DriverInsert(Position.__table__)
 _INSERT_TRADE = DriverInsert(Trade.__table__)
+_INSERT_ORDER_SET_BALANCE = DriverStatement(
+    f"WITH inserted AS ({_INSERT_ORDER.sql}) UPDATE balances SET free = :balance_free, "  # noqa: S608 - fixed text
+    "locked = :balance_locked, total = :balance_total, updated_at = :balance_updated_at WHERE id = :balance_id",
+    _INSERT_ORDER.params
+    | {
+        "balance_free": _B.free,
+        "balance_locked": _B.locked,
+        "balance_total": _B.total,
+        "balance_updated_at": _B.updated_at,
+        "balance_id": _B.id,
+    },
+)
 
 
 async def insert_order(tx: Target, order: Order) -> None:
@@ -93,26 +110,57 @@ async def insert_order(tx: Target, order: Order) -> None:
     await _INSERT_ORDER.row(tx, order)
 
 
-async def store_new_order(tx: Target, order: Order, asset: str, amount: Decimal) -> Balance:
-    """Insert the new `order` and lock `amount` of `asset` for it, in the caller's transaction (on the driver's
-    connection: this runs for every order, D38). Raises `pf.InsufficientFunds` before writing anything. Returns the
-    balance as it now stands (not attached to any session)."""
+class Funds(NamedTuple):
+    """An account, and its balance of one asset as locked for the rest of the transaction (none yet: `balance_id`
+    is None and both amounts zero)."""
+
+    is_active: bool
+    balance_id: uuid.UUID | None
+    free: Decimal
+    locked: Decimal
+
+
+async def lock_funds(tx: Target, user_id: uuid.UUID, account_id: uuid.UUID, asset: str) -> Funds | None:
+    """The user's account `account_id` (None when they have no such account) and its balance of `asset`, locked until
+    the caller's transaction ends: one statement, since it runs for every order."""
+    rows = await _ACCOUNT_FUNDS.fetch(tx, account_id=account_id, user_id=user_id, asset=asset)
+    if not rows:
+        return None
+    is_active, balance_id, free, locked = rows[0]
+    if balance_id is None:
+        return Funds(bool(is_active), None, Decimal(0), Decimal(0))
+    return Funds(bool(is_active), balance_id, free, locked)
+
+
+async def store_new_order(tx: DriverTx, order: Order, asset: str, amount: Decimal, funds: Funds) -> Balance:
+    """Insert the new `order` and reserve `amount` of `asset` for it out of `funds` (locked by `lock_funds` in the
+    same transaction), on the driver (this runs for every order, D38). Raises `pf.InsufficientFunds` before writing
+    anything. Returns the balance as it now stands (in no session)."""
     if order.account_id is None:
         raise ValueError(f"order {order.id} has no account")
-    rows = await _LOCK_BALANCE.fetch(tx, account_id=order.account_id, asset=asset)
-    balance_id, free, locked = rows[0] if rows else (uuid.uuid4(), Decimal(0), Decimal(0))
-    value = pf.reserve(pf.Balance(asset, free, locked), amount)
+    value = pf.reserve(pf.Balance(asset, funds.free, funds.locked), amount)
     order.reserved = amount
-    await _INSERT_ORDER.row(tx, order)
     row = new_balance(order.user_id, order.account_id, asset, order.exchange)
-    row.id, row.updated_at = balance_id, datetime.now(UTC)
+    row.id, row.updated_at = funds.balance_id or row.id, datetime.now(UTC)
     _store(row, value)
-    if rows:
+    if funds.balance_id is None:
+        await _INSERT_ORDER.row(tx, order)
+        await _INSERT_BALANCE.row(tx, row)
+    elif tx.dialect.name == "postgresql":  # one round trip: the insert rides in a data-modifying WITH
+        await _INSERT_ORDER_SET_BALANCE.execute(
+            tx,
+            **_INSERT_ORDER.values(order),
+            balance_free=row.free,
+            balance_locked=row.locked,
+            balance_total=row.total,
+            balance_updated_at=row.updated_at,
+            balance_id=row.id,
+        )
+    else:
+        await _INSERT_ORDER.row(tx, order)
         await _SET_BALANCE.execute(
             tx, free=row.free, locked=row.locked, total=row.total, updated_at=row.updated_at, id=row.id
         )
-    else:
-        await _INSERT_BALANCE.row(tx, row)
     return row
 
 
@@ -254,7 +302,6 @@ _USER_POSITIONS = DriverStatement(
     {"user_id": _P.user_id},
     [_P.symbol, _P.size, _P.average_price],
 )
-_A = TradingAccount.__table__.c
 _PAPER_ACCOUNTS = DriverStatement(
     "SELECT id FROM trading_accounts WHERE user_id = :user_id AND exchange = 'paper'",
     {"user_id": _A.user_id},
