@@ -3,7 +3,8 @@
 1. Orders per second and p50/p99 latency of `POST /api/v1/orders`: paper MARKET orders of BTC/USDT that fill
    (0.0002 BTC, each client alternating buy and sell on its own funded paper account, so funds never run out),
    8 concurrent keep-alive clients, against one uvicorn worker running the real app with the simulated market on
-   (1 s step; measuring starts once `/api/v1/market-data/orderbook` answers).
+   (1 s step; measuring starts once `/api/v1/market-data/orderbook` answers and each client has placed
+   `WARMUP_PER_CLIENT` orders, as many as each ceiling client's warm-up transactions).
 2. The ceiling, same database, same run, after the server stopped: per order ONE transaction that inserts an order
    and a trade, upserts a position and updates two balances, issued with raw SQL (sqlite3 via aiosqlite on SQLite,
    asyncpg on PostgreSQL) from 8 concurrent clients, each on its own account.
@@ -51,8 +52,11 @@ from benchmarks._server import serve
 
 ORDERS = int(os.environ.get("ORDERS", "400"))
 RAW = int(os.environ.get("RAW", "4000"))
-WARMUP = 80
 CONCURRENCY = 8
+WARMUP_PER_CLIENT = 20
+"""Requests (or raw transactions) each client makes before measuring starts, the same on both sides: pooled
+connections opened, statements prepared, caches filled."""
+WARMUP = WARMUP_PER_CLIENT * CONCURRENCY
 SYMBOL = "BTC/USDT"
 QUANTITY = "0.0002"
 PROFILE_ORDERS = 600
@@ -415,7 +419,7 @@ async def raw_rate(
         nonlocal remaining
         conn = await connect()
         try:
-            for _ in range(20):  # warm-up (statement cache, pages)
+            for _ in range(WARMUP_PER_CLIENT):  # warm-up (connection, statement cache, pages)
                 await run_one(conn, account, uuid.uuid4().hex)
             while remaining > 0:
                 remaining -= 1
