@@ -135,6 +135,9 @@ def _gate_routes(app: Any) -> None:
         async def check(self, *args: Any, **kwargs: Any) -> None:
             return None
 
+        async def judged(self, _user_id: Any, attempt: Any) -> Any:
+            return await attempt(False)
+
     @router.post("/bench/gate")
     async def gate(on: bool) -> dict[str, bool]:
         registry = app.state.registry
@@ -175,6 +178,9 @@ def _time_sections(app: Any) -> None:
         setattr(oa.EventApplier, name, timed(f"applier.{name}", getattr(oa.EventApplier, name)))
     setattr(om, "store_new_order", timed("store_new_order", om.store_new_order))  # noqa: B010
     setattr(oa, "record_snapshot", timed("record_snapshot", oa.record_snapshot))  # noqa: B010
+    from cival.services import risk_manager
+
+    risk_manager.RiskGate.load = timed("risk.load", risk_manager.RiskGate.load)  # type: ignore[method-assign]
     registry = service_registry.ServiceRegistry
     registry.usd_prices = timed("usd_prices", registry.usd_prices)  # type: ignore[method-assign]
     import cival.connectors.paper as paper
