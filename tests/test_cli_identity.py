@@ -112,6 +112,7 @@ _STORE_CREDENTIAL = """
 import asyncio
 from cival.config import get_settings
 from cival.core.service_registry import ServiceRegistry, ensure_database
+from cival.models.notification_models import WebhookIn
 from cival.models.user_models import ApiKeyIn, RegisterIn
 from cival.services.auth_service import Principal
 
@@ -127,6 +128,8 @@ async def main():
         await registry.credentials.create(
             principal, ApiKeyIn(exchange="coinbase", api_key=API_KEY, api_secret=API_SECRET, passphrase=PASSPHRASE)
         )
+        hook = await registry.notifications.create_webhook(principal, WebhookIn(url="https://example.com/hook"))
+        print(hook.secret)
         print(user.id)
     finally:
         await registry.close()
@@ -136,15 +139,21 @@ asyncio.run(main())
 
 _READ_CREDENTIAL = """
 import asyncio, json, sys, uuid
+from sqlalchemy import select
 from cival.config import get_settings
 from cival.core.service_registry import ServiceRegistry
+from cival.database.models import NotificationWebhook
+from cival.services.webhook_delivery import secret_aad
 
 async def main():
     registry = ServiceRegistry(get_settings())
     await registry.start()
     try:
         creds = await registry.credentials.credentials_for(uuid.UUID(sys.argv[1]), "coinbase")
-        print(json.dumps([creds.api_key, creds.api_secret, creds.passphrase]))
+        async with registry.database.system_session(read_only=True) as session:
+            hook = await session.scalar(select(NotificationWebhook))
+        secret = registry.notifications.cipher.decrypt(hook.secret_encrypted, aad=secret_aad(hook.user_id, hook.id))
+        print(json.dumps([creds.api_key, creds.api_secret, creds.passphrase, secret]))
     finally:
         await registry.close()
 
@@ -158,7 +167,7 @@ def test_keys_rotate_adds_a_primary_and_reencrypts(tmp_path: Path) -> None:
     constants = f"API_KEY, API_SECRET, PASSPHRASE = {plain!r}\nEMAIL = 'keys@example.com'\n"
     stored = run([sys.executable, "-c", constants + _STORE_CREDENTIAL], env, tmp_path)
     assert stored.returncode == 0, stored.stderr
-    user_id = stored.stdout.strip().splitlines()[-1]
+    *_, webhook_secret, user_id = stored.stdout.strip().splitlines()
     key_file = data_dir / "secret.key"
     before = json.loads(key_file.read_text())
     assert before["primary"] == "k1"
@@ -170,7 +179,7 @@ def test_keys_rotate_adds_a_primary_and_reencrypts(tmp_path: Path) -> None:
 
     result = cival(["keys", "rotate"], env, tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "re-encrypted 1 credential(s) under key k2" in result.stdout
+    assert "re-encrypted 1 credential(s) and 1 webhook secret(s) under key k2" in result.stdout
 
     after = json.loads(key_file.read_text())
     assert after["primary"] == "k2"
@@ -182,10 +191,12 @@ def test_keys_rotate_adds_a_primary_and_reencrypts(tmp_path: Path) -> None:
     for token in rows[0]:
         assert str(token).startswith("v1.k2.")
         assert all(value not in str(token) for value in plain)
+    [(webhook_token,)] = query(data_dir, "SELECT secret_encrypted FROM notification_webhooks")
+    assert str(webhook_token).startswith("v1.k2.")  # re-encrypted too, so retiring k1 cannot break signing
 
     read = run([sys.executable, "-c", _READ_CREDENTIAL, user_id], env, tmp_path)
     assert read.returncode == 0, read.stderr
-    assert json.loads(read.stdout.strip().splitlines()[-1]) == plain
+    assert json.loads(read.stdout.strip().splitlines()[-1]) == [*plain, webhook_secret]  # the same secret
 
 
 def test_keys_rotate_with_a_corrupted_credential_fails_in_one_line(tmp_path: Path) -> None:
@@ -202,8 +213,8 @@ def test_keys_rotate_with_a_corrupted_credential_fails_in_one_line(tmp_path: Pat
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 1
     assert result.returncode == 1
-    assert "1 credential(s) cannot be decrypted" in result.stderr
-    assert "re-encrypted 1 credential(s) under key k2" in result.stdout  # the readable one is rotated anyway
+    assert "1 credential(s) or webhook secret(s) cannot be decrypted" in result.stderr
+    assert "re-encrypted 1 credential(s) and 2 webhook secret(s) under key k2" in result.stdout  # readable: done
     # Running it again resumes the unfinished rotation instead of piling up primary keys.
     again = cival(["keys", "rotate"], env, tmp_path)
     assert again.returncode == 1

@@ -172,33 +172,38 @@ def keys_rotate(
         bool, typer.Option(help="Add a fresh primary key to the key file first (not with CIVAL_SECRET_KEY).")
     ] = True,
 ) -> None:
-    """Re-encrypt every stored credential under the primary key, without downtime.
+    """Re-encrypt every stored credential and webhook signing secret under the primary key, without downtime.
 
     With a key file (the default), a new primary key is generated and saved first; running API workers pick it up
     on their next decrypt. With CIVAL_SECRET_KEY, put the new key first in the variable on every worker, then run
     `cival keys rotate --no-new-key`. Old keys stay in the ring until you remove them. An unfinished rotation is
     resumed rather than starting another.
     """
-    from cival.core.security import CredentialCipher, KeyRing
+    from cival.core.security import KeyRing
 
     settings = _settings()
     if new_key and settings.secret_key:
         _fail("CIVAL_SECRET_KEY is set: put the new key first in it on every worker, then use --no-new-key")
 
-    async def work(registry: ServiceRegistry) -> tuple[str, int, list[uuid.UUID]]:
-        credentials = registry.credentials
-        if new_key and not await credentials.pending_rotation():
+    async def work(registry: ServiceRegistry) -> tuple[str, int, int, list[uuid.UUID]]:
+        credentials, notifications = registry.credentials, registry.notifications
+        pending = await credentials.pending_rotation() + await notifications.pending_rotation()
+        if new_key and not pending:
             ring = KeyRing.load_file(settings.key_file).with_new_primary()
             ring.save_file(settings.key_file)
-            credentials.cipher = CredentialCipher(ring, reload=lambda: KeyRing.load_file(settings.key_file))
+            credentials.cipher.use(ring)  # the one cipher every service holds
         count, unreadable = await credentials.reencrypt_all()
-        return credentials.cipher.keyring.primary_id, count, unreadable
+        secrets, unreadable_secrets = await notifications.reencrypt_secrets()
+        return credentials.cipher.keyring.primary_id, count, secrets, unreadable + unreadable_secrets
 
-    primary, count, unreadable = _run_with_services(work)
-    typer.echo(f"re-encrypted {count} credential(s) under key {primary}")
+    primary, count, secrets, unreadable = _run_with_services(work)
+    typer.echo(f"re-encrypted {count} credential(s) and {secrets} webhook secret(s) under key {primary}")
     if unreadable:
         ids = ", ".join(str(i) for i in unreadable[:10]) + (" …" if len(unreadable) > 10 else "")
-        _fail(f"{len(unreadable)} credential(s) cannot be decrypted with any key in the ring; left as they are: {ids}")
+        _fail(
+            f"{len(unreadable)} credential(s) or webhook secret(s) cannot be decrypted with any key in the ring; "
+            f"left as they are: {ids}"
+        )
 
 
 @user_cli.command("create")

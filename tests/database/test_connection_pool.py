@@ -1,5 +1,6 @@
 """Pooled PostgreSQL connections are pinged only after sitting idle (core/db.py, D40): a connection the server closed
-while it was idle is replaced unseen; one closed while in use fails once, and the pool is then renewed."""
+while it was idle is replaced unseen; one closed while in use fails once (a session's or a driver transaction's, D42),
+and the pool is then renewed."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Integer, literal_column, text
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cival.api.errors import install_error_handlers
 from cival.config import Settings
 from cival.core import db as db_module
 from cival.core.db import Database, make_engine
+from cival.database.driver_sql import DriverStatement
 
 pytestmark = pytest.mark.postgres
+
+BACKEND_PID = DriverStatement("SELECT pg_backend_pid()", {}, [literal_column("pid", Integer())])
 
 
 @pytest.fixture
@@ -92,3 +96,24 @@ async def test_a_lost_connection_answers_503_database_unavailable_not_500(
         assert lost.json()["error"] == "database_unavailable"
         assert lost.headers["Retry-After"] == "1"
         assert (await client.get("/pid")).status_code == 200  # the pool was renewed
+
+
+async def test_a_lost_connection_is_operational_error_and_the_pool_replaces_it(
+    engine_and_admin: tuple[Database, AsyncEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database, admin = engine_and_admin
+    monkeypatch.setattr(db_module, "PING_AFTER_IDLE_SECONDS", 3600.0)  # no ping: the transaction meets the loss
+    async with database.driver_transaction(None) as tx:
+        [(pid,)] = await BACKEND_PID.fetch(tx)
+    await _terminate(admin, pid)
+
+    async def meet_the_loss() -> None:
+        async with database.driver_transaction(None) as tx:
+            await BACKEND_PID.fetch(tx)
+
+    with pytest.raises(OperationalError) as caught:
+        await meet_the_loss()
+    assert caught.value.connection_invalidated  # the API answers 503 database_unavailable for it
+    async with database.driver_transaction(None) as tx:
+        [(fresh,)] = await BACKEND_PID.fetch(tx)
+    assert fresh != pid

@@ -1,22 +1,18 @@
 """`Database.driver_transaction` (core/db.py, D42): a transaction on the driver's own connection, with no SQLAlchemy
 session, that commits or rolls back as a whole, is bound by row-level security like `Database.session` on
-PostgreSQL, and gives up a lost connection as `OperationalError` (the API's 503)."""
+PostgreSQL. (A lost connection: tests/database/test_connection_pool.py.)"""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import Integer, func, literal_column, select, text
-from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Integer, func, literal_column, select
+from sqlalchemy.exc import IntegrityError
 
-from cival.config import Settings
-from cival.core import db as db_module
-from cival.core.db import Database, make_engine
+from cival.core.db import Database
 from cival.database.driver_sql import DriverStatement
 from cival.database.models import Order
 from cival.services.portfolio_tracker import insert_order
@@ -28,7 +24,6 @@ COUNT_ORDERS = DriverStatement(
     {"user_id": ORDERS.user_id},
     [literal_column("n", Integer())],
 )
-BACKEND_PID = DriverStatement("SELECT pg_backend_pid()", {}, [literal_column("pid", Integer())])
 
 
 async def _account(ids: Identities) -> tuple[uuid.UUID, uuid.UUID]:
@@ -113,38 +108,3 @@ async def test_row_level_security_binds_a_users_transaction_and_not_the_platform
         assert await COUNT_ORDERS.fetch(tx, user_id=owner) == [(1,)]
     async with db.driver_transaction(None) as tx:
         assert await COUNT_ORDERS.fetch(tx, user_id=owner) == [(1,)]
-
-
-@pytest.fixture
-async def database_and_admin(postgres_url: str) -> AsyncIterator[tuple[Database, AsyncEngine]]:
-    database = Database(Settings(env="test", database_url=postgres_url))
-    admin = make_engine(postgres_url, app_role=False)
-    try:
-        yield database, admin
-    finally:
-        await database.close()
-        await admin.dispose()
-
-
-@pytest.mark.postgres
-async def test_a_lost_connection_is_operational_error_and_the_pool_replaces_it(
-    database_and_admin: tuple[Database, AsyncEngine], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    database, admin = database_and_admin
-    monkeypatch.setattr(db_module, "PING_AFTER_IDLE_SECONDS", 3600.0)  # no ping: the transaction meets the loss
-    async with database.driver_transaction(None) as tx:
-        [(pid,)] = await BACKEND_PID.fetch(tx)
-    async with admin.connect() as conn:
-        await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-        await conn.commit()
-
-    async def meet_the_loss() -> None:
-        async with database.driver_transaction(None) as tx:
-            await BACKEND_PID.fetch(tx)
-
-    with pytest.raises(OperationalError) as caught:
-        await meet_the_loss()
-    assert caught.value.connection_invalidated  # the API answers 503 database_unavailable for it
-    async with database.driver_transaction(None) as tx:
-        [(fresh,)] = await BACKEND_PID.fetch(tx)
-    assert fresh != pid

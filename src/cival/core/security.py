@@ -409,6 +409,10 @@ class CredentialCipher:
     def keyring(self) -> KeyRing:
         return self._ring
 
+    def use(self, keyring: KeyRing) -> None:
+        """Switch to `keyring` (a rotation: its primary key encrypts from now on), for every holder of this cipher."""
+        self._use(keyring)
+
     def _use(self, keyring: KeyRing) -> dict[str, AESGCM]:
         aeads = {key_id: AESGCM(keyring.key(key_id)) for key_id in keyring.key_ids}
         # One assignment of a tuple: a concurrent thread sees the old ring or the new one, never half of each.

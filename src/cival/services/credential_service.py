@@ -7,7 +7,9 @@ associated data: a ciphertext copied into another row or another user's row does
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import ColumnElement, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -158,33 +160,60 @@ class CredentialService:
         return int(count or 0)
 
     async def reencrypt_all(self, *, batch_size: int = 100) -> tuple[int, list[uuid.UUID]]:
-        """Re-encrypt every credential not under the primary key, in small transactions (no downtime).
-
-        Old ciphertexts keep decrypting throughout, as long as their key is still in the ring. Returns how many
-        were re-encrypted and the ids of those that could not be decrypted (left as they are, reported).
-        """
+        """Re-encrypt every credential not under the primary key (see `reencrypt_rows`)."""
         primary = self.cipher.keyring.primary_id
-        done, unreadable = 0, list[uuid.UUID]()
-        while True:
-            async with self.database.system_session() as session:
-                query = select(UserApiKey).where(self._not_under(primary))
-                if unreadable:
-                    query = query.where(UserApiKey.id.not_in(unreadable))
-                rows = (await session.scalars(query.order_by(UserApiKey.id).limit(batch_size).with_for_update())).all()
-                for row in rows:
-                    try:
-                        fresh = {
-                            field: self._encrypt(row, field, self._decrypt(row, field, token))
-                            for field in FIELDS
-                            if (token := getattr(row, f"{field}_encrypted")) is not None
-                        }
-                    except CredentialDecryptError:
-                        log.warning("credential cannot be decrypted; left as it is", credential_id=str(row.id))
-                        unreadable.append(row.id)
-                        continue
-                    for field, token in fresh.items():
-                        setattr(row, f"{field}_encrypted", token)
-                    audit.record(session, "credential.rotated", row.user_id, credential_id=row.id, key_id=primary)
-                    done += 1
-            if len(rows) < batch_size:
-                return done, unreadable
+
+        def reseal(row: UserApiKey) -> dict[str, str]:
+            return {
+                f"{field}_encrypted": self._encrypt(row, field, self._decrypt(row, field, token))
+                for field in FIELDS
+                if (token := getattr(row, f"{field}_encrypted")) is not None
+            }
+
+        return await reencrypt_rows(
+            self.database, UserApiKey, self._not_under(primary), reseal, "credential.rotated", "credential_id",
+            primary, batch_size=batch_size,
+        )  # fmt: skip
+
+
+Reseal = Callable[[Any], dict[str, str]]
+"""A row's encrypted attributes, re-encrypted under the primary key (raises `CredentialDecryptError`)."""
+
+
+async def reencrypt_rows(
+    database: Database,
+    model: Any,
+    pending: ColumnElement[bool],
+    reseal: Reseal,
+    action: str,
+    id_field: str,
+    primary: str,
+    *,
+    batch_size: int = 100,
+) -> tuple[int, list[uuid.UUID]]:
+    """Re-encrypt every `model` row `pending` selects (not yet under key `primary`), in small transactions (no
+    downtime), each recorded in the audit log as `action`.
+
+    Old ciphertexts keep decrypting throughout, as long as their key is still in the ring. Returns how many rows
+    were re-encrypted and the ids of those that could not be decrypted (left as they are, reported).
+    """
+    done, unreadable = 0, list[uuid.UUID]()
+    while True:
+        async with database.system_session() as session:
+            query = select(model).where(pending)
+            if unreadable:
+                query = query.where(model.id.not_in(unreadable))
+            rows = (await session.scalars(query.order_by(model.id).limit(batch_size).with_for_update())).all()
+            for row in rows:
+                try:
+                    fresh = reseal(row)
+                except CredentialDecryptError:
+                    log.warning("secret cannot be decrypted; left as it is", table=model.__tablename__, id=str(row.id))
+                    unreadable.append(row.id)
+                    continue
+                for attribute, token in fresh.items():
+                    setattr(row, attribute, token)
+                audit.record(session, action, row.user_id, **{id_field: row.id}, key_id=primary)
+                done += 1
+        if len(rows) < batch_size:
+            return done, unreadable

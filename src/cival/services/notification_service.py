@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cival.core.cache import Cache
@@ -39,6 +39,7 @@ from cival.models.notification_models import (
 )
 from cival.services import audit
 from cival.services.auth_service import Principal
+from cival.services.credential_service import reencrypt_rows
 from cival.services.user_stream import UserStream
 from cival.services.webhook_delivery import (
     WEBHOOK_EVENT_TYPES,
@@ -240,6 +241,35 @@ class NotificationService:
             row.updated_at = datetime.now(UTC)
             audit.record(session, "webhook.secret_rotated", principal.user_id, webhook_id=row.id)
         return WebhookSecretOut(id=webhook_id, secret=secret)
+
+    @staticmethod
+    def _not_under(key_id: str) -> ColumnElement[bool]:
+        return ~NotificationWebhook.secret_encrypted.startswith(f"v1.{key_id}.")
+
+    async def pending_rotation(self) -> int:
+        """How many webhook secrets are not yet under the primary key (an unfinished rotation)."""
+        async with self.database.system_session(read_only=True) as session:
+            count = await session.scalar(
+                select(func.count())
+                .select_from(NotificationWebhook)
+                .where(self._not_under(self.cipher.keyring.primary_id))
+            )
+        return int(count or 0)
+
+    async def reencrypt_secrets(self, *, batch_size: int = 100) -> tuple[int, list[uuid.UUID]]:
+        """Re-encrypt every webhook signing secret not under the primary key (`cival keys rotate`), like the
+        exchange credentials: the secret itself does not change, so receivers notice nothing."""
+        primary = self.cipher.keyring.primary_id
+
+        def reseal(row: NotificationWebhook) -> dict[str, str]:
+            return {
+                "secret_encrypted": self.cipher.reencrypt(row.secret_encrypted, aad=secret_aad(row.user_id, row.id))
+            }
+
+        return await reencrypt_rows(
+            self.database, NotificationWebhook, self._not_under(primary), reseal, "webhook.secret_reencrypted",
+            "webhook_id", primary, batch_size=batch_size,
+        )  # fmt: skip
 
     async def list_deliveries(self, principal: Principal, webhook_id: uuid.UUID, limit: int) -> list[DeliveryOut]:
         """The endpoint's newest deliveries first."""
