@@ -4,14 +4,18 @@ PostgreSQL. (A lost connection: tests/database/test_connection_pool.py.)"""
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Integer, func, literal_column, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
+from cival.config import Settings
 from cival.core.db import Database
 from cival.database.driver_sql import DriverStatement
 from cival.database.models import Order
@@ -24,6 +28,10 @@ COUNT_ORDERS = DriverStatement(
     {"user_id": ORDERS.user_id},
     [literal_column("n", Integer())],
 )
+
+
+MISSING = DriverStatement("SELECT x FROM no_such_table", {}, [literal_column("x", Integer())])
+ONE = DriverStatement("SELECT 1", {}, [literal_column("one", Integer())])
 
 
 async def _account(ids: Identities) -> tuple[uuid.UUID, uuid.UUID]:
@@ -108,3 +116,45 @@ async def test_row_level_security_binds_a_users_transaction_and_not_the_platform
         assert await COUNT_ORDERS.fetch(tx, user_id=owner) == [(1,)]
     async with db.driver_transaction(None) as tx:
         assert await COUNT_ORDERS.fetch(tx, user_id=owner) == [(1,)]
+
+
+@pytest.fixture
+async def sqlite_db(tmp_path: Path) -> AsyncIterator[Database]:
+    """A Database of its own on an empty SQLite file, whatever database the run uses."""
+    database = Database(Settings(env="test", data_dir=tmp_path, database_url=f"sqlite+aiosqlite:///{tmp_path}/x.db"))
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+async def test_sqlite_locked_past_its_busy_timeout_is_operational_error_not_a_crash(
+    sqlite_db: Database, tmp_path: Path
+) -> None:
+    async with sqlite_db.driver_transaction(None) as tx:
+        await tx.driver.execute("PRAGMA busy_timeout=50")  # the pooled connection's, for this test
+    other = sqlite3.connect(tmp_path / "x.db", isolation_level=None)  # another process's writer, say
+    other.execute("BEGIN IMMEDIATE")
+
+    async def write() -> None:
+        async with sqlite_db.driver_transaction(None):
+            pass
+
+    try:
+        with pytest.raises(OperationalError, match="locked"):  # the API answers 503 database_unavailable
+            await write()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await write()  # the connection is fine once the other writer is done
+
+
+async def test_a_sqlite_statement_error_is_sqlalchemys_and_rolls_back(sqlite_db: Database) -> None:
+    async def query_a_missing_table() -> None:
+        async with sqlite_db.driver_transaction(None) as tx:
+            await MISSING.fetch(tx)
+
+    with pytest.raises(OperationalError, match="no such table"):  # as the ORM reports it
+        await query_a_missing_table()
+    async with sqlite_db.driver_transaction(None) as tx:  # rolled back, and the connection usable
+        assert await ONE.fetch(tx) == [(1,)]

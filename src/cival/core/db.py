@@ -15,6 +15,7 @@ fails half-way on a lock upgrade.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -190,12 +191,15 @@ class Database:
                 yield DriverTx(driver, self.engine.dialect)
                 await driver.execute("COMMIT")
             except BaseException as exc:
+                lost = False
                 try:
-                    await driver.execute("ROLLBACK")
+                    if not self.is_sqlite or driver.in_transaction:  # SQLite: BEGIN itself may have failed
+                        await driver.execute("ROLLBACK")
                 except Exception:  # the connection is gone (or broken mid-statement): never hand it out again
                     await greenlet_spawn(pooled.invalidate, exc)
-                    if isinstance(exc, Exception) and not isinstance(exc, DBAPIError) and _connection_error(exc):
-                        raise OperationalError("driver transaction", None, exc, connection_invalidated=True) from exc
+                    lost = True
+                if isinstance(exc, Exception) and _unavailable(exc, lost=lost):
+                    raise OperationalError("driver transaction", None, exc, connection_invalidated=lost) from exc
                 raise
             finally:
                 await greenlet_spawn(pooled.close)
@@ -228,11 +232,16 @@ async def check_reachable(url: str) -> None:
         await engine.dispose()
 
 
-def _connection_error(exc: Exception) -> bool:
-    """Whether `exc`, met on a connection that then could not even roll back, is the driver's (so the connection
-    failed: asyncpg may report a connection the server closed as any of its errors, depending on when the closing
-    message was read), not the caller's own."""
-    return isinstance(exc, OSError | TimeoutError) or type(exc).__module__.startswith("asyncpg")
+def _unavailable(exc: Exception, *, lost: bool) -> bool:
+    """Whether the driver's `exc` means the database is unavailable (the API's 503), as SQLAlchemy would report it:
+    SQLite's operational errors (a database locked past the busy timeout, ...), or any driver error on a connection
+    that then could not even roll back (`lost`: asyncpg may report a connection the server closed as any of its
+    errors, depending on when the closing message was read). Not the caller's own exceptions."""
+    if isinstance(exc, DBAPIError):
+        return False
+    if isinstance(exc, sqlite3.OperationalError):
+        return True
+    return lost and (isinstance(exc, OSError | TimeoutError) or type(exc).__module__.startswith("asyncpg"))
 
 
 def redact_url(url: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, FromClause, Numeric
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 _PLACEHOLDER = re.compile(r":(\w+(?:\[\d+\])?)")
@@ -323,8 +323,12 @@ async def driver_tx(target: Target) -> DriverTx:
 
 
 def _raise_integrity(exc: Exception, sql: str, params: Sequence[Any]) -> None:
+    """Raise `exc` as SQLAlchemy would have: a constraint violation as `IntegrityError`, SQLite's operational errors
+    (a database locked past the busy timeout, ...) as `OperationalError` (the API's 503)."""
     if isinstance(exc, sqlite3.IntegrityError) or type(exc).__module__.startswith("asyncpg") and _is_pg_integrity(exc):
         raise IntegrityError(sql, params, exc) from exc
+    if isinstance(exc, sqlite3.OperationalError):
+        raise OperationalError(sql, params, exc) from exc
 
 
 def _is_pg_integrity(exc: Exception) -> bool:
