@@ -105,6 +105,32 @@ async def test_a_bad_call_fails_alone_and_a_repeated_fill_is_stored_once(
     assert count == 1
 
 
+async def test_a_fill_stored_before_is_skipped_and_the_rest_of_its_batch_is_applied(
+    ids: Identities, registry: ServiceRegistry, market: MarketDataService
+) -> None:
+    a, b = await _resting_buys(ids, registry, 2)
+    price = (await _rows(registry, [a]))[a].price
+    assert price is not None
+    applier = registry.orders.applier
+    await applier.apply([_fill(a, "0.004", "0.004", price)])
+    before = (await _rows(registry, [a]))[a]
+    # The venue sends that fill again, in the same batch as a new fill of another order: the trades' unique index
+    # refuses the repeat, and the batch is stored again knowing it (D42).
+    changes = await applier.apply([_fill(a, "0.004", "0.004", price), _fill(b, "0.01", "0.01", price)])
+    rows = await _rows(registry, [a, b])
+    assert (rows[a].filled_quantity, rows[a].fees, rows[a].status) == (Decimal("0.004"), before.fees, "partial")
+    assert (rows[b].status, rows[b].filled_quantity) == ("filled", Decimal("0.01"))
+    assert [t.order_id for t in changes.trades] == [uuid.UUID(b)]  # only the new fill was applied
+    async with registry.database.system_session(read_only=True) as session:
+        trades = (
+            await session.scalars(select(Trade.order_id).where(Trade.order_id.in_([uuid.UUID(a), uuid.UUID(b)])))
+        ).all()
+        position = await session.scalar(select(Position).where(Position.account_id == rows[a].account_id))
+    assert sorted(map(str, trades)) == sorted([a, b])
+    assert position is not None
+    assert position.size == Decimal("0.014")  # 0.004 once, and 0.01
+
+
 async def test_snapshots_trail_a_burst_by_at_most_the_interval_and_are_never_lost(
     ids: Identities, registry: ServiceRegistry, market: MarketDataService
 ) -> None:
