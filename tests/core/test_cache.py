@@ -181,6 +181,27 @@ async def test_memory_add_succeeds_once_the_key_expired(clock: FakeClock) -> Non
     assert await cache.add("lease", b"worker-2", ttl=5)
 
 
+async def test_renew_extends_only_the_holders_lease(cache: Cache, clock: FakeClock) -> None:
+    assert await cache.renew("lease", b"worker-1", ttl=30) is False  # nothing to renew
+    assert await cache.add("lease", b"worker-1", ttl=5)
+    assert await cache.renew("lease", b"worker-2", ttl=30) is False  # not its lease: unchanged
+    assert_expires_within(await cache.ttl("lease"), 5)
+    assert await cache.renew("lease", b"worker-1", ttl=30) is True
+    remaining = await cache.ttl("lease")
+    assert remaining is not None
+    assert 5 < remaining <= 30
+    assert await cache.get("lease") == b"worker-1"
+
+
+async def test_memory_renew_never_takes_back_a_lease_that_expired_and_moved(clock: FakeClock) -> None:
+    cache = MemoryCache(clock=clock)
+    assert await cache.add("lease", b"worker-1", ttl=5)
+    clock.advance(5)  # worker-1 was too slow: its lease expired
+    assert await cache.add("lease", b"worker-2", ttl=5)
+    assert await cache.renew("lease", b"worker-1", ttl=5) is False
+    assert await cache.get("lease") == b"worker-2"
+
+
 async def test_incr_counts(cache: Cache) -> None:
     assert await cache.incr("n") == 1
     assert await cache.incr("n") == 2

@@ -117,3 +117,29 @@ async def test_a_lost_connection_is_operational_error_and_the_pool_replaces_it(
     async with database.driver_transaction(None) as tx:
         [(fresh,)] = await BACKEND_PID.fetch(tx)
     assert fresh != pid
+
+
+async def test_a_database_that_cannot_be_reached_answers_503_not_500(postgres_url: str) -> None:
+    database = Database(Settings(env="test", database_url="postgresql://postgres@127.0.0.1:1/test"))
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/session")
+    async def by_session() -> int:
+        return await _backend_pid(database)
+
+    @app.get("/driver")
+    async def by_driver() -> int:
+        async with database.driver_transaction(None) as tx:
+            return int((await BACKEND_PID.fetch(tx))[0][0])
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://cival.test") as client:
+            for path in ("/session", "/driver"):
+                response = await client.get(path)
+                assert response.status_code == 503, response.text
+                assert response.json()["error"] == "database_unavailable"
+                assert response.headers["Retry-After"] == "1"
+    finally:
+        await database.close()

@@ -74,13 +74,23 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     """The database connection was lost or could not be made: 503, so clients retry (D40); anything else a bug."""
     exc = cast(DBAPIError, exc)
     if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
-        log.warning("database unavailable", path=request.url.path, error=str(exc.orig).splitlines()[0][:200])
-        return JSONResponse(
-            error_body("database_unavailable", "the database is unreachable or restarting: retry in a moment"),
-            status_code=503,
-            headers={"Retry-After": "1"},
-        )
+        return _database_unavailable(request, exc.orig if exc.orig is not None else exc)
     return await _statement_error(request, exc)
+
+
+async def _connection_refused(request: Request, exc: Exception) -> JSONResponse:
+    """A connection that could not be made at all (the database is down or restarting: the pool's connect raises
+    the socket's error as it is, for a session and a driver transaction alike): 503, as above."""
+    return _database_unavailable(request, exc)
+
+
+def _database_unavailable(request: Request, cause: BaseException) -> JSONResponse:
+    log.warning("database unavailable", path=request.url.path, error=(str(cause).splitlines() or [""])[0][:200])
+    return JSONResponse(
+        error_body("database_unavailable", "the database is unreachable or restarting: retry in a moment"),
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
 
 
 async def _decimal_error(_: Request, exc: Exception) -> JSONResponse:
@@ -104,4 +114,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DecimalPrecisionError, _decimal_error)
     app.add_exception_handler(StatementError, _statement_error)
     app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(ConnectionError, _connection_refused)
     app.add_exception_handler(Exception, _unexpected)

@@ -51,6 +51,14 @@ return value
 """
 
 
+_RENEW_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+"""`Cache.renew` on Redis: compare and extend in one step."""
+
 # The entry keys are made from the number the script takes, so they cannot be declared in KEYS: fine on one Redis
 # server (Cival's deployment), not on Redis Cluster. Numbers are formatted as integers (Lua's default `..` would
 # switch to exponent notation past 1e14).
@@ -223,6 +231,11 @@ class Cache(abc.ABC):
         """Store `value` at `key` only if the key is absent; True when this call stored it (a lease, a lock)."""
 
     @abc.abstractmethod
+    async def renew(self, key: str, value: bytes, ttl: float) -> bool:
+        """In one atomic step: if `key` still holds `value`, make it expire `ttl` seconds from now; True when it did
+        (a lease's holder keeping it: a lease that expired and went to another holder is never taken back)."""
+
+    @abc.abstractmethod
     async def delete(self, key: str) -> None:
         """Remove `key` if present."""
 
@@ -342,6 +355,16 @@ class MemoryCache(Cache):
         if self._live(key, now) is not None:
             return False
         self._data[key] = (bytes(value), None if ttl is None else now + ttl)
+        return True
+
+    async def renew(self, key: str, value: bytes, ttl: float) -> bool:
+        """If `key` still holds `value`, make it expire `ttl` seconds from now; True when it did (no await: atomic)."""
+        _check_ttl(ttl)
+        now = self._clock()
+        entry = self._live(key, now)
+        if entry is None or entry[0] != value:
+            return False
+        self._data[key] = (entry[0], now + ttl)
         return True
 
     async def delete(self, key: str) -> None:
@@ -533,6 +556,7 @@ class RedisCache(Cache):
         self._pubsub_client: Redis = Redis(connection_pool=subscriptions)
         self._incr_script: AsyncScript = self._client.register_script(_INCR_SCRIPT)
         self._numbered_script: AsyncScript = self._client.register_script(_NUMBERED_SCRIPT)
+        self._renew_script: AsyncScript = self._client.register_script(_RENEW_SCRIPT)
         self._subscriptions: set[_RedisSubscription] = set()
 
     @property
@@ -580,6 +604,12 @@ class RedisCache(Cache):
         px = None if ttl is None else max(1, math.ceil(ttl * 1000))
         with self._translate_errors():
             return bool(await self._client.set(self.prefix + key, value, px=px, nx=True))
+
+    async def renew(self, key: str, value: bytes, ttl: float) -> bool:
+        """If `key` still holds `value`, make it expire `ttl` seconds from now; True when it did: one script."""
+        _check_ttl(ttl)
+        with self._translate_errors():
+            return bool(await self._renew_script(keys=[self.prefix + key], args=[value, max(1, math.ceil(ttl * 1000))]))
 
     async def delete(self, key: str) -> None:
         """Remove `key` if present."""

@@ -248,13 +248,10 @@ class MarketDataService:
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     async def _hold_lease(self, ttl: float) -> bool:
+        """Take the leader lease if it is free, or renew it if this instance holds it (atomically: a lease that
+        expired meanwhile and went to another instance is not taken back)."""
         me = self.instance_id.encode()
-        if await self.cache.add(LEADER_KEY, me, ttl=ttl):
-            return True
-        if await self.cache.get(LEADER_KEY) == me:
-            await self.cache.set(LEADER_KEY, me, ttl=ttl)
-            return True
-        return False
+        return await self.cache.add(LEADER_KEY, me, ttl=ttl) or await self.cache.renew(LEADER_KEY, me, ttl=ttl)
 
     async def become_leader(self, *, start_time: datetime | None = None) -> None:
         """Build the sources, continuing from the last stored prices and the last day of 1m candles."""
