@@ -21,8 +21,9 @@ from cival.services.market_data_service import MarketDataService
 from tests.api._identity import ACCOUNTS, Identities
 
 
-async def _resting_buys(ids: Identities, registry: ServiceRegistry, count: int) -> list[str]:
-    """`count` GTC limit buys of 0.01 BTC at a tenth of the market: they rest and nothing fills them."""
+async def _resting_buys(ids: Identities, registry: ServiceRegistry, count: int) -> tuple[list[str], Decimal]:
+    """`count` GTC limit buys of 0.01 BTC at a tenth of the market (their ids, and that price): they rest and nothing
+    fills them."""
     user = await ids.new_user()
     account = (await user.post(ACCOUNTS, json={"exchange": "paper"})).json()["id"]
     book = registry.paper.engine("BTC/USDT").book
@@ -38,7 +39,7 @@ async def _resting_buys(ids: Identities, registry: ServiceRegistry, count: int) 
         assert response.status_code == 201, response.text
         assert response.json()["status"] == "pending"
         out.append(response.json()["id"])
-    return out
+    return out, price
 
 
 def _fill(order_id: str, cumulative: str, quantity: str, price: Decimal) -> Filled:
@@ -55,9 +56,7 @@ async def _rows(registry: ServiceRegistry, order_ids: list[str]) -> dict[str, Or
 async def test_calls_queued_together_share_one_transaction_in_call_order(
     ids: Identities, registry: ServiceRegistry, market: MarketDataService
 ) -> None:
-    a, b, c = await _resting_buys(ids, registry, 3)
-    price = (await _rows(registry, [a]))[a].price
-    assert price is not None
+    (a, b, c), price = await _resting_buys(ids, registry, 3)
     applier = registry.orders.applier
     # Created together: all three are queued before the writer runs, so they form one batch.
     calls = [
@@ -83,9 +82,7 @@ async def test_calls_queued_together_share_one_transaction_in_call_order(
 async def test_a_bad_call_fails_alone_and_a_repeated_fill_is_stored_once(
     ids: Identities, registry: ServiceRegistry, market: MarketDataService
 ) -> None:
-    a, b = await _resting_buys(ids, registry, 2)
-    price = (await _rows(registry, [a]))[a].price
-    assert price is not None
+    (a, b), price = await _resting_buys(ids, registry, 2)
     applier = registry.orders.applier
     calls = [
         asyncio.ensure_future(applier.apply([_fill(a, "0.005", "0.005", price)])),
@@ -108,9 +105,7 @@ async def test_a_bad_call_fails_alone_and_a_repeated_fill_is_stored_once(
 async def test_a_fill_stored_before_is_skipped_and_the_rest_of_its_batch_is_applied(
     ids: Identities, registry: ServiceRegistry, market: MarketDataService
 ) -> None:
-    a, b = await _resting_buys(ids, registry, 2)
-    price = (await _rows(registry, [a]))[a].price
-    assert price is not None
+    (a, b), price = await _resting_buys(ids, registry, 2)
     applier = registry.orders.applier
     await applier.apply([_fill(a, "0.004", "0.004", price)])
     before = (await _rows(registry, [a]))[a]
@@ -134,7 +129,7 @@ async def test_a_fill_stored_before_is_skipped_and_the_rest_of_its_batch_is_appl
 async def test_snapshots_trail_a_burst_by_at_most_the_interval_and_are_never_lost(
     ids: Identities, registry: ServiceRegistry, market: MarketDataService
 ) -> None:
-    (a,) = await _resting_buys(ids, registry, 1)
+    (a,), _ = await _resting_buys(ids, registry, 1)
     row = (await _rows(registry, [a]))[a]
     assert row.price is not None
     price, user_id = row.price, row.user_id

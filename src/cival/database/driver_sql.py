@@ -1,12 +1,12 @@
-"""Hot-path statements run on the database driver's own connection, inside the caller's SQLAlchemy transaction.
+"""Hot-path statements run on the database driver's own connection (asyncpg, or sqlite3 through aiosqlite).
 
 SQLAlchemy's execution layer costs about as much CPU per statement as everything else an order does (D38), so the
-statements every order runs (the account check, the balance lock, the order insert, the balance update) are sent
-straight to the driver (asyncpg, or sqlite3 through aiosqlite): the transaction, its row-level-security setting and
-its commit stay SQLAlchemy's. Values are encoded and decoded with the columns' own SQLAlchemy types (their bind and
-result processors for the dialect), so a row written here is byte for byte what the ORM writes, and a value that does
-not fit its column is refused the same way (`DecimalPrecisionError`). Constraint violations surface as SQLAlchemy's
-`IntegrityError`, as they would through the ORM.
+statements every order runs are sent straight to the driver: in a `DriverTx` that `Database.driver_transaction` opens
+with no ORM session at all (the order path, D42), or on an `AsyncSession`'s connection inside its transaction. Values
+are encoded and decoded with the columns' own SQLAlchemy types (their bind and result processors for the dialect), so
+a row written here is byte for byte what the ORM writes, and a value that does not fit its column is refused the same
+way (`DecimalPrecisionError`). Driver errors surface as the ORM would raise them: a constraint violation as
+`IntegrityError`, a SQLite operational error as `OperationalError`.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _coltype(type_: Any, asyncpg: bool) -> int | None:
 
 class _Compiled:
     """A statement ready for one dialect's driver: its text, its parameters' order and encoders, its columns'
-    decoders; runs it on a driver connection (constraint violations raised as SQLAlchemy's `IntegrityError`)."""
+    decoders; runs it on a driver connection (driver errors raised as SQLAlchemy's, `_raise_as_sqlalchemy`)."""
 
     __slots__ = ("sql", "names", "binds", "results", "asyncpg")
 
@@ -92,7 +92,7 @@ class _Compiled:
             async with driver.execute(self.sql, params) as cursor:
                 return list(await cursor.fetchall())
         except Exception as exc:
-            _raise_integrity(exc, self.sql, params)
+            _raise_as_sqlalchemy(exc, self.sql, params)
             raise
 
     async def execute(self, driver: Any, params: list[Any]) -> None:
@@ -102,14 +102,14 @@ class _Compiled:
             else:
                 await driver.execute(self.sql, params)
         except Exception as exc:
-            _raise_integrity(exc, self.sql, params)
+            _raise_as_sqlalchemy(exc, self.sql, params)
             raise
 
     async def execute_many(self, driver: Any, params: list[list[Any]]) -> None:
         try:
             await driver.executemany(self.sql, params)
         except Exception as exc:
-            _raise_integrity(exc, self.sql, params)
+            _raise_as_sqlalchemy(exc, self.sql, params)
             raise
 
 
@@ -322,7 +322,7 @@ async def driver_tx(target: Target) -> DriverTx:
     return tx
 
 
-def _raise_integrity(exc: Exception, sql: str, params: Sequence[Any]) -> None:
+def _raise_as_sqlalchemy(exc: Exception, sql: str, params: Sequence[Any]) -> None:
     """Raise `exc` as SQLAlchemy would have: a constraint violation as `IntegrityError`, SQLite's operational errors
     (a database locked past the busy timeout, ...) as `OperationalError` (the API's 503)."""
     if isinstance(exc, sqlite3.IntegrityError) or type(exc).__module__.startswith("asyncpg") and _is_pg_integrity(exc):

@@ -1,8 +1,9 @@
 """Positions, balances and the daily snapshot: updated by each fill, read by the portfolio endpoints.
 
-The write side (`reserve`, `settle_fill`, `release`, `record_snapshot`) runs inside the caller's transaction, so an
-order, its trade, its position and its balances change together or not at all (the spec's `sync_portfolio_data`).
-Money arithmetic is `domain.portfolio`'s; this module loads and stores rows.
+The write side (`lock_funds` and `store_new_order`; `settle_fill`, `release`, `write_changes` and `record_snapshot`)
+runs inside the caller's transaction, on the driver (D42), so an order, its trade, its position and its balances
+change together or not at all (the spec's `sync_portfolio_data`). Money arithmetic is `domain.portfolio`'s; this
+module loads and stores rows.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import NamedTuple
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Integer, literal_column, select
 
 from cival.core.db import Database
 from cival.database.driver_sql import DriverInsert, DriverStatement, DriverTx, Target
@@ -30,16 +30,6 @@ Prices = Callable[[], Awaitable[dict[str, Decimal]]]
 def stored(value: Decimal) -> Decimal:
     """Half-even to the 8 decimals a column holds."""
     return value.quantize(_EIGHT, rounding=ROUND_HALF_EVEN)
-
-
-async def _balance(session: AsyncSession, account: uuid.UUID, user_id: uuid.UUID, asset: str, exchange: str) -> Balance:
-    row = await session.scalar(
-        select(Balance).where(Balance.account_id == account, Balance.asset == asset).with_for_update()
-    )
-    if row is None:
-        row = new_balance(user_id, account, asset, exchange)
-        session.add(row)
-    return row
 
 
 def _store(row: Balance, value: pf.Balance) -> None:
@@ -303,9 +293,9 @@ _USER_POSITIONS = DriverStatement(
     [_P.symbol, _P.size, _P.average_price],
 )
 _PAPER_ACCOUNTS = DriverStatement(
-    "SELECT id FROM trading_accounts WHERE user_id = :user_id AND exchange = 'paper'",
+    "SELECT count(*) FROM trading_accounts WHERE user_id = :user_id AND exchange = 'paper'",
     {"user_id": _A.user_id},
-    [_A.id],
+    [literal_column("accounts", Integer())],
 )
 _PREVIOUS_SNAPSHOT = DriverStatement(
     "SELECT total_value FROM portfolio_snapshots WHERE user_id = :user_id AND snapshot_date < :today "
@@ -328,7 +318,8 @@ async def _net_deposits(
 ) -> Decimal:
     """What the user's paper accounts were funded with, in USD at `prices`."""
     per_account = pf.portfolio_value(starting, prices).total_value
-    return per_account * len(await _PAPER_ACCOUNTS.fetch(tx, user_id=user_id))
+    [(accounts,)] = await _PAPER_ACCOUNTS.fetch(tx, user_id=user_id)
+    return per_account * int(accounts)
 
 
 async def record_snapshot(
