@@ -131,8 +131,13 @@ def _gate_routes(app: Any) -> None:
     floor.__annotations__ = {"body": OrderIn, "principal": CurrentUser, "return": dict[str, str]}
     router.post("/bench/floor", status_code=201)(floor)
 
+    from cival.services.risk_manager import Loaded
+
     class NoGate:
-        async def check(self, *args: Any, **kwargs: Any) -> None:
+        async def load(self, *args: Any, **kwargs: Any) -> Loaded:
+            return Loaded()  # nothing read
+
+        async def judge(self, *args: Any, **kwargs: Any) -> None:
             return None
 
         async def judged(self, _user_id: Any, attempt: Any) -> Any:
@@ -141,7 +146,7 @@ def _gate_routes(app: Any) -> None:
     @router.post("/bench/gate")
     async def gate(on: bool) -> dict[str, bool]:
         registry = app.state.registry
-        registry.orders.risk = registry.risk if on else NoGate()
+        registry.orders.risk = registry.orders.intake.risk = registry.risk if on else NoGate()
         return {"on": on}
 
     app.include_router(router)
@@ -176,7 +181,11 @@ def _time_sections(app: Any) -> None:
         setattr(cls, name, timed(name, getattr(cls, name)))
     for name in ("apply", "_store", "_load"):
         setattr(oa.EventApplier, name, timed(f"applier.{name}", getattr(oa.EventApplier, name)))
-    setattr(om, "store_new_order", timed("store_new_order", om.store_new_order))  # noqa: B010
+    from cival.services import order_intake as oi
+
+    setattr(oi, "lock_funds", timed("lock_funds", oi.lock_funds))  # noqa: B010
+    setattr(oi, "write_new_orders", timed("write_new_orders", oi.write_new_orders))  # noqa: B010
+    oi.OrderIntake._store = timed("intake._store", oi.OrderIntake._store)  # type: ignore[method-assign]
     setattr(oa, "record_snapshot", timed("record_snapshot", oa.record_snapshot))  # noqa: B010
     from cival.services import risk_manager
 

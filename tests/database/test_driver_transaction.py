@@ -17,12 +17,12 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from cival.config import Settings
 from cival.core.db import Database
-from cival.database.driver_sql import DriverStatement
+from cival.database.driver_sql import DriverInsert, DriverStatement
 from cival.database.models import Order
-from cival.services.portfolio_tracker import insert_order
 from tests.api._identity import Identities
 
 ORDERS = Order.__table__.c
+INSERT_ORDER = DriverInsert(Order.__table__)
 COUNT_ORDERS = DriverStatement(
     "SELECT count(*) FROM orders WHERE user_id = :user_id",
     {"user_id": ORDERS.user_id},
@@ -73,18 +73,18 @@ async def _orders_of(db: Database, user_id: uuid.UUID) -> int:
 async def test_it_commits_on_success_and_writes_nothing_on_any_error(ids: Identities, db: Database) -> None:
     user_id, account_id = await _account(ids)
     async with db.driver_transaction(user_id) as tx:
-        await insert_order(tx, _order(user_id, account_id, "kept"))
+        await INSERT_ORDER.row(tx, _order(user_id, account_id, "kept"))
     assert await _orders_of(db, user_id) == 1
 
     async def fail_after_writing() -> None:
         async with db.driver_transaction(user_id) as tx:
-            await insert_order(tx, _order(user_id, account_id))
+            await INSERT_ORDER.row(tx, _order(user_id, account_id))
             raise RuntimeError("the caller failed after writing")
 
     async def fail_on_a_statement() -> None:
         async with db.driver_transaction(user_id) as tx:
-            await insert_order(tx, _order(user_id, account_id))
-            await insert_order(tx, _order(user_id, account_id, "kept"))  # a duplicate client order id
+            await INSERT_ORDER.row(tx, _order(user_id, account_id))
+            await INSERT_ORDER.row(tx, _order(user_id, account_id, "kept"))  # a duplicate client order id
 
     with pytest.raises(RuntimeError):
         await fail_after_writing()
@@ -102,13 +102,13 @@ async def test_row_level_security_binds_a_users_transaction_and_not_the_platform
     owner, account_id = await _account(ids)
     other, _ = await _account(ids)
     async with db.driver_transaction(owner) as tx:
-        await insert_order(tx, _order(owner, account_id))
+        await INSERT_ORDER.row(tx, _order(owner, account_id))
     async with db.driver_transaction(other) as tx:
         assert await COUNT_ORDERS.fetch(tx, user_id=owner) == [(0,)]  # another user's rows are invisible
 
     async def write_in_their_name() -> None:
         async with db.driver_transaction(other) as tx:
-            await insert_order(tx, _order(owner, account_id))
+            await INSERT_ORDER.row(tx, _order(owner, account_id))
 
     with pytest.raises(Exception, match="row-level security"):
         await write_in_their_name()

@@ -14,15 +14,24 @@ from sqlalchemy import func, select
 
 from cival.core.cache import RedisCache
 from cival.core.service_registry import ServiceRegistry
+from cival.database.driver_sql import DriverInsert
 from cival.database.models import Order, PortfolioSnapshot, Position, RiskAlert, TradingAccount, TradingLimit, User
 from cival.domain.instruments import Instrument
 from cival.domain.risk import DEFAULT_LIMITS, KILL_SWITCH, LimitType
 from cival.models.user_models import RegisterIn
-from cival.services.portfolio_tracker import insert_order
-from cival.services.risk_manager import RiskCheckUnavailable, RiskGate, RiskRefused, lock_user_limits, seed_defaults
+from cival.services.risk_manager import (
+    RiskCheckUnavailable,
+    RiskGate,
+    RiskRefused,
+    lock_user_limits,
+    refusal_alert,
+    seed_defaults,
+    write_alerts,
+)
 
 D = Decimal
 BTC = "BTC/USDT"
+INSERT_ORDER = DriverInsert(Order.__table__)
 
 
 async def _user(registry: ServiceRegistry) -> uuid.UUID:
@@ -197,7 +206,7 @@ async def test_a_daily_loss_breach_in_the_order_path_trips_the_switch_and_refuse
     assert caught.value.limit_type in ("daily_loss", "kill_switch")
 
 
-async def test_record_refusal_writes_the_alert_in_the_callers_transaction(
+async def test_a_refusals_alert_is_written_in_the_callers_transaction(
     registry: ServiceRegistry, gate: RiskGate
 ) -> None:
     user_id = await _user(registry)
@@ -207,8 +216,8 @@ async def test_record_refusal_writes_the_alert_in_the_callers_transaction(
 
     async def fail_after_the_alert() -> None:
         async with registry.database.driver_transaction(user_id) as tx:
-            await insert_order(tx, order)
-            await gate.record_refusal(tx, order, refusal)
+            await INSERT_ORDER.row(tx, order)
+            await write_alerts(tx, [refusal_alert(order, refusal)])
             raise RuntimeError("the order path failed after the alert")
 
     with pytest.raises(RuntimeError):
@@ -217,8 +226,9 @@ async def test_record_refusal_writes_the_alert_in_the_callers_transaction(
         count = await session.scalar(select(func.count()).select_from(RiskAlert).where(RiskAlert.user_id == user_id))
     assert count == 0  # rolled back with the order
     async with registry.database.driver_transaction(user_id) as tx:
-        await insert_order(tx, order)
-        alert = await gate.record_refusal(tx, order, refusal)
+        await INSERT_ORDER.row(tx, order)
+        alert = refusal_alert(order, refusal)
+        await write_alerts(tx, [alert])
     assert (alert.alert_type, alert.severity) == ("position_risk", "critical")
     assert alert.data == {
         "order_id": str(order.id), "symbol": BTC, "side": "buy", "limit_type": "leverage", "limit_id": None,

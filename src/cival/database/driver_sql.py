@@ -119,7 +119,8 @@ class DriverStatement:
     `params` maps each parameter name to the column whose type encodes it; `results` lists the columns the statement
     returns, in order. `sqlite_sql` replaces the text on SQLite where the two dialects differ (`FOR UPDATE`).
     A list is bound with PostgreSQL's `= ANY(:name)` (one array parameter, each element encoded by the column's
-    type); on SQLite that becomes `IN (?, ?, ...)`, one placeholder per element.
+    type); on SQLite that becomes `IN (?, ?, ...)`, one placeholder per element. Parameters named in `arrays` are
+    bound as arrays likewise, wherever they stand (PostgreSQL only: `unnest(CAST(:name AS uuid[]), ...)`).
     """
 
     def __init__(
@@ -129,11 +130,12 @@ class DriverStatement:
         results: Sequence[ColumnElement[Any]] = (),
         *,
         sqlite_sql: str | None = None,
+        arrays: Sequence[str] = (),
     ) -> None:
         self._sql = {"postgresql": sql, "sqlite": sqlite_sql or sql}
         self._params = params
         self._results = list(results)
-        self._lists = _ANY.findall(sql)
+        self._lists = [*_ANY.findall(sql), *arrays]
         self._compiled: dict[Any, _Compiled] = {}
 
     def _compile(self, dialect: Dialect, values: dict[str, Any]) -> tuple[_Compiled, dict[str, Any]]:

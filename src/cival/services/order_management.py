@@ -1,11 +1,12 @@
 """Order lifecycle: validate, reserve, store, send, and apply the venue's events (the spec's order_management).
 
-Placement: the body is checked against the pair (domain validation, nothing written on failure), passes the risk
-gate, and the order is stored `pending` with its funds reserved in ONE committed transaction BEFORE it is sent to
-the connector. The connector's events then go through the state machine in a second transaction: fills become
-trades (unique per exchange and trade id, so never applied twice), then the order's totals, balances, position and
-today's snapshot change together (`sync_portfolio_data`), and one user message per change is published. A send
-that times out leaves the order `unknown` (never `rejected`); restart reconciliation settles it.
+Placement: the body is checked against the pair (domain validation, nothing written on failure), and the order
+intake (D43) judges it with the risk gate and stores it `pending` with its funds reserved in a committed
+transaction (shared with the orders placed at the same moment) BEFORE it is sent to the connector. The connector's
+events then go through the state machine in a second transaction: fills become trades (unique per exchange and
+trade id, so never applied twice), then the order's totals, balances, position and today's snapshot change together
+(`sync_portfolio_data`), and one user message per change is published. A send that times out leaves the order
+`unknown` (never `rejected`); restart reconciliation settles it.
 
 Idempotency (D18): `client_order_id` is unique per user; an `Idempotency-Key` becomes the client order id when
 none is given, so concurrent identical requests race on the unique index and exactly one order is created.
@@ -18,7 +19,6 @@ import contextlib
 import functools
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
@@ -49,19 +49,12 @@ from cival.domain.orders import (
 from cival.models.trading_models import OrderIn, OrderOut, OrderPage, TradeOut, TradePage
 from cival.services.auth_service import Principal
 from cival.services.order_applier import Changes, EventApplier, UserPublisher
+from cival.services.order_intake import AccountInactive, NewOrder, OrderIntake, Stored
 from cival.services.order_routing import OrderRoute, VenueUnavailable
-from cival.services.portfolio_tracker import insert_order, lock_funds, store_new_order
-from cival.services.risk_manager import RiskGate, RiskRefused
+from cival.services.risk_manager import RiskGate
 from cival.services.websocket_manager import publish_user
 
 log = get_logger(__name__)
-
-
-@dataclass
-class Stored(Changes):
-    """What storing a new order changed, and the gate's refusal when it was stored rejected."""
-
-    refusal: RiskRefused | None = None
 
 
 STOP_BUY_SLIPPAGE = Decimal("0.05")
@@ -78,10 +71,6 @@ class OrderInvalid(ValidationFailed):
 
 class IdempotencyKeyReused(ValidationFailed):
     code = "idempotency_key_reused"
-
-
-class AccountInactive(ValidationFailed):
-    code = "account_inactive"
 
 
 class InsufficientFundsError(ValidationFailed):
@@ -136,6 +125,7 @@ class OrderManagementService:
             functools.partial(publish_user, cache),
             snapshot_seconds=snapshot_seconds,
         )
+        self.intake = OrderIntake(database, risk)
         paper.sink = self.apply_events
         self._accounts: dict[tuple[uuid.UUID, uuid.UUID], str] = {}  # (user, account) -> exchange: never changes
         self._sending: set[uuid.UUID] = set()  # stored, not yet handed to the venue
@@ -210,7 +200,7 @@ class OrderManagementService:
         asset, amount = self._reservation(order, instrument, book)
         try:
             stored = await self.risk.judged(
-                user_id, lambda tripped: self._store(order, instrument, mid, asset, amount, tripped=tripped)
+                user_id, lambda tripped: self._store(NewOrder(order, instrument, mid, asset, amount, tripped))
             )
         except IntegrityError:
             if client_order_id is None:
@@ -231,48 +221,17 @@ class OrderManagementService:
         # The order is stored and acknowledged: now, and only now, it goes to the venue.
         return await self._send(order, instrument)
 
-    async def _store(
-        self,
-        order: Order,
-        instrument: Instrument,
-        mid: Decimal | None,
-        asset: str,
-        amount: Decimal,
-        *,
-        tripped: bool = False,
-    ) -> Stored:
-        """One transaction: the account is active, the risk gate passes (or the order is stored rejected with its
-        alert), the order is stored pending and its funds are locked. On the driver, with no ORM session (D42)."""
-        stored = Stored()
-        user_id, account_id = order.user_id, order.account_id
-        if account_id is None:
-            raise ValueError(f"order {order.id} has no account")
+    async def _store(self, new: NewOrder) -> Stored:
+        """Stored by the intake (D43): pending with its funds locked, or rejected by the gate with its alert."""
+        order = new.order
         self._sending.add(order.id)
         try:
-            async with self.database.driver_transaction(user_id) as tx:
-                funds = await lock_funds(tx, user_id, account_id, asset)
-                if funds is None:
-                    raise NotFound(f"account {account_id} not found")
-                if not funds.is_active:
-                    raise AccountInactive(f"account {account_id} is deactivated: reactivate it to trade")
-                try:
-                    await self.risk.check(order, instrument, mid, tx, tripped=tripped)
-                except RiskRefused as refusal:
-                    order.status = OrderStatus.REJECTED.value
-                    order.reject_reason = f"risk:{refusal.limit_type}: {refusal.detail}"[:255]
-                    await insert_order(tx, order)
-                    stored.alerts.append(await self.risk.record_refusal(tx, order, refusal))
-                    stored.refusal = refusal
-                else:
-                    locked = await store_new_order(tx, order, asset, amount, funds)
-                    stored.balances[locked.id] = locked
+            stored = await self.intake.store(new)
         except BaseException:
             self._sending.discard(order.id)
             raise
         if stored.refusal is not None:
             self._sending.discard(order.id)
-            stored.users.add(user_id)
-        stored.orders[order.id] = order
         return stored
 
     async def _account_exchange(self, user_id: uuid.UUID, account_id: uuid.UUID) -> str:
@@ -450,6 +409,7 @@ class OrderManagementService:
     async def close(self) -> None:
         await self._stop_sweeper()
         await self.route.close()
+        await self.intake.close()
         await self.applier.close()
 
     async def apply_events(self, events: list[Event]) -> None:

@@ -39,14 +39,27 @@ def _store(row: Balance, value: pf.Balance) -> None:
 _B = Balance.__table__.c
 _A = TradingAccount.__table__.c
 _ACCOUNT_FUNDS = DriverStatement(
-    "SELECT a.is_active, b.id, b.free, b.locked FROM trading_accounts a LEFT JOIN LATERAL "
-    "(SELECT id, free, locked FROM balances WHERE account_id = a.id AND asset = :asset FOR UPDATE) b ON true "
-    "WHERE a.id = :account_id AND a.user_id = :user_id",
+    "SELECT a.is_active, b.id, b.free, b.locked FROM trading_accounts a LEFT JOIN balances b "
+    "ON b.account_id = a.id AND b.asset = :asset WHERE a.id = :account_id AND a.user_id = :user_id",
     {"asset": _B.asset, "account_id": _A.id, "user_id": _A.user_id},
     [_A.is_active, _B.id, _B.free, _B.locked],
-    sqlite_sql="SELECT a.is_active, b.id, b.free, b.locked FROM trading_accounts a LEFT JOIN balances b "
-    "ON b.account_id = a.id AND b.asset = :asset WHERE a.id = :account_id AND a.user_id = :user_id",
 )
+"""SQLite, one (account, asset) at a time: its write transaction holds the whole database already."""
+_LOCK_FUNDS = DriverStatement(
+    "WITH k AS (SELECT * FROM unnest(CAST(:user_ids AS uuid[]), CAST(:account_ids AS uuid[]), "
+    "CAST(:assets AS varchar[])) AS k(user_id, account_id, asset)), "
+    "locked AS (SELECT b.id, b.account_id, b.asset, b.free, b.locked FROM balances b JOIN k "
+    "ON b.account_id = k.account_id AND b.asset = k.asset ORDER BY b.id FOR UPDATE OF b) "
+    "SELECT k.user_id, k.account_id, k.asset, a.is_active, l.id, l.free, l.locked FROM k "
+    "JOIN trading_accounts a ON a.id = k.account_id AND a.user_id = k.user_id "
+    "LEFT JOIN locked l ON l.account_id = k.account_id AND l.asset = k.asset",
+    {"user_ids": _A.user_id, "account_ids": _A.id, "assets": _B.asset},
+    [_A.user_id, _A.id, _B.asset, _A.is_active, _B.id, _B.free, _B.locked],
+    arrays=("user_ids", "account_ids", "assets"),
+)
+"""PostgreSQL, every (user, account, asset) of a batch in one statement: the balances are locked in id order (as
+the fill batch locks them: two transactions never wait on each other in a cycle), the accounts checked as the
+user's."""
 _SET_BALANCE = DriverStatement(
     "UPDATE balances SET free = :free, locked = :locked, total = :total, updated_at = :updated_at WHERE id = :id",
     {"free": _B.free, "locked": _B.locked, "total": _B.total, "updated_at": _B.updated_at, "id": _B.id},
@@ -81,23 +94,8 @@ _UPDATE_POSITION = DriverStatement(
 )
 _INSERT_POSITION = DriverInsert(Position.__table__)
 _INSERT_TRADE = DriverInsert(Trade.__table__)
-_INSERT_ORDER_SET_BALANCE = DriverStatement(
-    f"WITH inserted AS ({_INSERT_ORDER.sql}) UPDATE balances SET free = :balance_free, "  # noqa: S608 - fixed text
-    "locked = :balance_locked, total = :balance_total, updated_at = :balance_updated_at WHERE id = :balance_id",
-    _INSERT_ORDER.params
-    | {
-        "balance_free": _B.free,
-        "balance_locked": _B.locked,
-        "balance_total": _B.total,
-        "balance_updated_at": _B.updated_at,
-        "balance_id": _B.id,
-    },
-)
-
-
-async def insert_order(tx: Target, order: Order) -> None:
-    """Insert `order` as it stands (a refused one, stored `rejected`), in the caller's transaction."""
-    await _INSERT_ORDER.row(tx, order)
+FundsKey = tuple[uuid.UUID, uuid.UUID, str]
+"""(user, account, asset)."""
 
 
 class Funds(NamedTuple):
@@ -110,48 +108,48 @@ class Funds(NamedTuple):
     locked: Decimal
 
 
-async def lock_funds(tx: Target, user_id: uuid.UUID, account_id: uuid.UUID, asset: str) -> Funds | None:
-    """The user's account `account_id` (None when they have no such account) and its balance of `asset`, locked until
-    the caller's transaction ends: one statement, since it runs for every order."""
-    rows = await _ACCOUNT_FUNDS.fetch(tx, account_id=account_id, user_id=user_id, asset=asset)
-    if not rows:
-        return None
-    is_active, balance_id, free, locked = rows[0]
-    if balance_id is None:
-        return Funds(bool(is_active), None, Decimal(0), Decimal(0))
-    return Funds(bool(is_active), balance_id, free, locked)
-
-
-async def store_new_order(tx: DriverTx, order: Order, asset: str, amount: Decimal, funds: Funds) -> Balance:
-    """Insert the new `order` and reserve `amount` of `asset` for it out of `funds` (locked by `lock_funds` in the
-    same transaction), on the driver (this runs for every order, D38). Raises `pf.InsufficientFunds` before writing
-    anything. Returns the balance as it now stands (in no session)."""
-    if order.account_id is None:
-        raise ValueError(f"order {order.id} has no account")
-    value = pf.reserve(pf.Balance(asset, funds.free, funds.locked), amount)
-    order.reserved = amount
-    row = new_balance(order.user_id, order.account_id, asset, order.exchange)
-    row.id, row.updated_at = funds.balance_id or row.id, datetime.now(UTC)
-    _store(row, value)
-    if funds.balance_id is None:
-        await _INSERT_ORDER.row(tx, order)
-        await _INSERT_BALANCE.row(tx, row)
-    elif tx.dialect.name == "postgresql":  # one round trip: the insert rides in a data-modifying WITH
-        await _INSERT_ORDER_SET_BALANCE.execute(
+async def lock_funds(tx: DriverTx, keys: Collection[FundsKey]) -> dict[FundsKey, Funds]:
+    """Each (user, account, asset)'s account, if the user has it (a key is missing otherwise), and its balance of the
+    asset, locked until the caller's transaction ends: one statement on PostgreSQL, for a whole batch of new orders."""
+    found: dict[FundsKey, Funds] = {}
+    if tx.dialect.name == "postgresql":
+        ordered = sorted(keys)
+        rows = await _LOCK_FUNDS.fetch(
             tx,
-            **_INSERT_ORDER.values(order),
-            balance_free=row.free,
-            balance_locked=row.locked,
-            balance_total=row.total,
-            balance_updated_at=row.updated_at,
-            balance_id=row.id,
+            user_ids=[k[0] for k in ordered],
+            account_ids=[k[1] for k in ordered],
+            assets=[k[2] for k in ordered],
         )
     else:
-        await _INSERT_ORDER.row(tx, order)
-        await _SET_BALANCE.execute(
-            tx, free=row.free, locked=row.locked, total=row.total, updated_at=row.updated_at, id=row.id
-        )
-    return row
+        rows = []
+        for user_id, account_id, asset in sorted(keys):
+            for row in await _ACCOUNT_FUNDS.fetch(tx, account_id=account_id, user_id=user_id, asset=asset):
+                rows.append((user_id, account_id, asset, *row))
+    for user_id, account_id, asset, is_active, balance_id, free, locked in rows:
+        if balance_id is None:
+            found[(user_id, account_id, asset)] = Funds(bool(is_active), None, Decimal(0), Decimal(0))
+        else:
+            found[(user_id, account_id, asset)] = Funds(bool(is_active), balance_id, free, locked)
+    return found
+
+
+def reserve(order: Order, asset: str, amount: Decimal, row: Balance) -> None:
+    """Reserve `amount` of `asset` for the new `order` out of `row` (its balance, locked by the caller's transaction;
+    a row not stored yet starts at zero). Raises `pf.InsufficientFunds`, changing nothing."""
+    _store(row, pf.reserve(pf.Balance(asset, row.free, row.locked), amount))
+    order.reserved = amount
+
+
+async def write_new_orders(
+    tx: DriverTx, orders: Collection[Order], balances: Collection[Balance], created: Collection[uuid.UUID]
+) -> None:
+    """Insert a batch of new orders and write the balances their reservations changed (inserted when their id is in
+    `created`): one driver call per kind of write."""
+    now = datetime.now(UTC)
+    for b in balances:
+        b.updated_at = now
+    await _INSERT_ORDER.rows(tx, list(orders))
+    await _write_balances(tx, balances, created)
 
 
 async def write_changes(
@@ -202,6 +200,10 @@ async def write_changes(
     )
     for b in balances:
         b.updated_at = now
+    await _write_balances(tx, balances, created)
+
+
+async def _write_balances(tx: Target, balances: Collection[Balance], created: Collection[uuid.UUID]) -> None:
     await _INSERT_BALANCE.rows(tx, [b for b in balances if b.id in created])
     await _SET_BALANCE.execute_many(
         tx,

@@ -2,16 +2,18 @@
 
 Contract with the order path (`services/order_management.py`):
 
-- `RiskGate.check(order, instrument, reference_price, tx)` runs for every order from every source, after the
-  order is validated against its pair and before anything is sent, inside the transaction that stores the order (one
-  transaction per order, not two; a driver transaction, D42). It raises `RiskRefused` to refuse the order. When the
-  kill switch must first be engaged (automatic trip on a daily loss breach) it raises `TripFirst`: the order path
-  ends its transaction, calls `RiskGate.trip` (which cancels the user's working orders through `cancel_all`, so no
-  write transaction may be held around it) and asks again with `tripped=True`. A user's first order finds no limits
-  yet: the gate raises `DefaultsFirst`, and the order path ends its transaction, calls `RiskGate.seed` and asks again.
-- On a refusal the order path stores the order as `rejected` (reason `risk:<limit_type>: <detail>`), calls
-  `RiskGate.record_refusal(tx, order, refusal)` in the SAME transaction (it writes the `risk_alerts` row and
-  returns it), publishes the order and the alert, and answers 422 with the refusal (503 when a check could not run).
+- Every order from every source is judged after it is validated against its pair and before anything is sent,
+  inside the transaction that stores it (a driver transaction, D42): the order intake (`services/order_intake.py`)
+  reads each user's standing once per batch of new orders (`RiskGate.load`) and judges the batch's orders one after
+  another on it (`RiskGate.judge`, `Loaded.accept`, D43); `RiskGate.check` is both for one order. The gate raises
+  `RiskRefused` to refuse the order. When the kill switch must first be engaged (automatic trip on a daily loss
+  breach) it raises `TripFirst`: the order path ends its transaction, calls `RiskGate.trip` (which cancels the
+  user's working orders through `cancel_all`, so no write transaction may be held around it) and asks again with
+  `tripped=True`. A user's first order finds no limits yet: the gate raises `DefaultsFirst`, and the order path ends
+  its transaction, calls `RiskGate.seed` and asks again (`RiskGate.judged` runs both).
+- On a refusal the order path stores the order as `rejected` (reason `risk:<limit_type>: <detail>`) with its alert
+  (`refusal_alert`, `write_alerts`) in the SAME transaction, publishes the order and the alert, and answers 422 with
+  the refusal (503 when a check could not run).
 
 Everything the configured limits need (the limits, the kill switch, positions, working orders, balances, the start
 of day) is read in ONE query; prices come from the tickers in the cache, and the order rate is a cache counter.
@@ -161,6 +163,12 @@ class Loaded:
         start = risk.start_of_day_value(self.previous_snapshot, self.account_openings, deposit_per_account)
         return risk.Standing(self.positions, tuple(self.working), self.balances, start)
 
+    def accept(self, order: Order) -> None:
+        """Count `order`, just accepted, as working: the next order judged on this standing sees it."""
+        self.working.append(
+            risk.WorkingOrder(order.account_id, order.symbol, order.side, order.quantity, order.reserved)
+        )
+
 
 def _row(kind: str, **cols: Any) -> list[Any]:
     """One branch of the union: every branch has the same typed columns, NULL where it has nothing to say."""
@@ -306,6 +314,33 @@ def platform_principal(user: User) -> Principal:
     return Principal(user_id=user.id, email=user.email, role=user.role, session_id=uuid.UUID(int=0))
 
 
+def refusal_alert(order: Order, refusal: RiskRefused) -> RiskAlert:
+    """The alert for a refused order, to be written in the transaction that stores the order (`write_alerts`)."""
+    return RiskAlert(
+        id=uuid.uuid4(),
+        user_id=order.user_id,
+        alert_type=ALERT_TYPES.get(refusal.limit_type, "order_limit"),
+        severity=refusal.severity,
+        message=f"{order.side} {format(order.quantity, 'f')} {order.symbol} refused by {refusal.limit_type}: "
+        f"{refusal.detail}",
+        data={
+            "order_id": str(order.id),
+            "symbol": order.symbol,
+            "side": order.side,
+            "limit_type": refusal.limit_type,
+            "limit_id": None if refusal.limit_id is None else str(refusal.limit_id),
+            "limit_value": None if refusal.limit_value is None else format(refusal.limit_value, "f"),
+            "attempted_value": None if refusal.attempted_value is None else format(refusal.attempted_value, "f"),
+        },
+        acknowledged=False,
+        created_at=datetime.now(UTC),
+    )
+
+
+async def write_alerts(tx: Target, alerts: Sequence[RiskAlert]) -> None:
+    await _INSERT_ALERT.rows(tx, alerts)
+
+
 class RiskGate:
     """Checks an order before it is stored and sent; raises `RiskRefused` to refuse it."""
 
@@ -367,8 +402,22 @@ class RiskGate:
 
             await self.judged(order.user_id, own_transaction)
             return
+        loaded = await self.load(order.user_id, order.symbol, tx)
+        await self.judge(order, instrument, reference_price, loaded, tripped=tripped)
+
+    async def judge(
+        self,
+        order: Order,
+        instrument: Instrument,
+        reference_price: Decimal | None,
+        loaded: Loaded,
+        *,
+        tripped: bool = False,
+    ) -> None:
+        """`check` on a standing read already (`load`, in the transaction that stores the order): the order
+        intake reads each user's standing once per batch and judges that batch's orders one after another, each
+        seeing the ones accepted before it (`Loaded.accept`). Raises as `check` does."""
         user_id = order.user_id
-        loaded = await self.load(user_id, order.symbol, tx)
         if loaded.kill_switch is None:
             raise DefaultsFirst
         limits = risk.effective(loaded.limits, order.symbol)
@@ -453,30 +502,6 @@ class RiskGate:
         async with self.database.session(user_id) as session:
             await lock_user_limits(session, user_id)
             await seed_defaults(session, user_id)
-
-    async def record_refusal(self, tx: Target, order: Order, refusal: RiskRefused) -> RiskAlert:
-        """Write the alert for a refused order inside the caller's transaction."""
-        alert = RiskAlert(
-            id=uuid.uuid4(),
-            user_id=order.user_id,
-            alert_type=ALERT_TYPES.get(refusal.limit_type, "order_limit"),
-            severity=refusal.severity,
-            message=f"{order.side} {format(order.quantity, 'f')} {order.symbol} refused by {refusal.limit_type}: "
-            f"{refusal.detail}",
-            data={
-                "order_id": str(order.id),
-                "symbol": order.symbol,
-                "side": order.side,
-                "limit_type": refusal.limit_type,
-                "limit_id": None if refusal.limit_id is None else str(refusal.limit_id),
-                "limit_value": None if refusal.limit_value is None else format(refusal.limit_value, "f"),
-                "attempted_value": None if refusal.attempted_value is None else format(refusal.attempted_value, "f"),
-            },
-            acknowledged=False,
-            created_at=datetime.now(UTC),
-        )
-        await _INSERT_ALERT.row(tx, alert)
-        return alert
 
     # --- reading ---------------------------------------------------------------------------------------------
 

@@ -1,0 +1,207 @@
+"""New orders are stored here: the store transaction, group-committed (D43).
+
+Every new order is stored — `pending` with its funds reserved, or `rejected` by the risk gate with its alert —
+in a committed transaction BEFORE it is sent anywhere. Orders placed at the same moment share that transaction:
+`store` queues the order and ONE task per process takes whatever is queued (up to `max_batch`) and stores it at
+once. In the batch's transaction, on the driver (D42), the platform's:
+
+1. every (user, account, asset) the batch reserves from is checked as the user's account and its balance locked,
+   in one statement on PostgreSQL (balances in id order, as the fill batch locks them);
+2. each user's standing is read once per symbol (`RiskGate.load`);
+3. the orders are judged one after another in queue order (`RiskGate.judge`), each on the standing and balances as
+   the orders before it in the batch left them (an accepted order counts as working for the next; its reservation
+   is taken from the balance the next one reserves from);
+4. the orders, the alerts of the refused ones and the balances are written, one driver call per kind of write.
+
+An order that fails on its own (no such account, a deactivated account, too few funds, a gate that asks for its
+defaults or a kill-switch trip first) is answered with that error and left out; the others are stored. A batch
+whose transaction fails (a client order id used twice, the database gone) is stored again one order at a time, so
+a bad order fails alone. Row-level security cannot bind a transaction shared by several users: each statement names
+the user's rows itself (the account check joins on the user), as the fill batch does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+
+from cival.core.db import Database
+from cival.core.exceptions import NotFound, ValidationFailed
+from cival.database.driver_sql import DriverTx
+from cival.database.models import Balance, Order, RiskAlert
+from cival.domain.instruments import Instrument
+from cival.domain.orders import OrderStatus
+from cival.services.order_applier import Changes
+from cival.services.portfolio_tracker import Funds, FundsKey, lock_funds, new_balance, reserve, write_new_orders
+from cival.services.risk_manager import Loaded, RiskGate, RiskRefused, refusal_alert, write_alerts
+
+
+class AccountInactive(ValidationFailed):
+    code = "account_inactive"
+
+
+@dataclass
+class Stored(Changes):
+    """What storing a new order changed, and the gate's refusal when it was stored rejected."""
+
+    refusal: RiskRefused | None = None
+
+
+@dataclass
+class NewOrder:
+    """An order to store: validated, priced for its reservation (`amount` of `asset`), and what the gate needs."""
+
+    order: Order
+    instrument: Instrument
+    reference: Decimal | None
+    """The market price the gate's collar compares a limit price with (the book's mid)."""
+    asset: str
+    amount: Decimal
+    tripped: bool = False
+    """The kill switch was just engaged for this order (`TripFirst`): it is judged as it came."""
+
+
+_Call = tuple[NewOrder, "asyncio.Future[Stored]"]
+
+
+@dataclass
+class _Batch:
+    """What a batch's orders changed, to write when all are judged."""
+
+    orders: list[Order]
+    alerts: list[RiskAlert]
+    balances: dict[FundsKey, Balance]
+    created: set[uuid.UUID]  # balances not stored yet
+
+
+class OrderIntake:
+    def __init__(self, database: Database, risk: RiskGate, *, max_batch: int = 64) -> None:
+        self.database = database
+        self.risk = risk
+        self.max_batch = max_batch
+        self._queue: list[_Call] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def store(self, new: NewOrder) -> Stored:
+        """Store `new.order` (queued synchronously, before the first await) and return what that changed. Raises
+        what fails this order alone (`NotFound`, `AccountInactive`, `pf.InsufficientFunds`, the gate's
+        `DefaultsFirst` and `TripFirst`), or what failed its transaction (`IntegrityError`: a client order id used
+        twice)."""
+        future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
+        self._queue.append((new, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain(), name="order-intake")
+        return await asyncio.shield(future)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            try:
+                outcomes = await self._store([new for new, _ in batch])
+            except Exception as exc:
+                if len(batch) == 1:
+                    _answer(batch[0][1], exc)
+                    continue
+                for new, future in batch:  # one by one, so a bad order fails alone
+                    try:
+                        (outcome,) = await self._store([new])
+                    except Exception as one_exc:
+                        outcome = one_exc
+                    _answer(future, outcome)
+                continue
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                _answer(future, outcome)
+
+    async def _store(self, batch: list[NewOrder]) -> list[Stored | Exception]:
+        """One transaction for the whole batch; each order's outcome, in order."""
+        outcomes: list[Stored | Exception] = []
+        writes = _Batch([], [], {}, set())
+        async with self.database.driver_transaction(None) as tx:
+            funds = await lock_funds(tx, {_key(new) for new in batch})
+            standings: dict[tuple[uuid.UUID, str], Loaded] = {}
+            for new in batch:
+                order = new.order
+                if (order.user_id, order.symbol) not in standings and _key(new) in funds:
+                    standings[(order.user_id, order.symbol)] = await self.risk.load(order.user_id, order.symbol, tx)
+            for new in batch:
+                try:
+                    outcomes.append(await self._judge(new, funds, standings, writes))
+                except Exception as exc:  # this order alone: nothing of it is written
+                    outcomes.append(exc)
+            await self._write(tx, writes)
+        return outcomes
+
+    async def _judge(
+        self,
+        new: NewOrder,
+        funds: dict[FundsKey, Funds],
+        standings: dict[tuple[uuid.UUID, str], Loaded],
+        writes: _Batch,
+    ) -> Stored:
+        order = new.order
+        key = _key(new)
+        found = funds.get(key)
+        if found is None:
+            raise NotFound(f"account {order.account_id} not found")
+        if not found.is_active:
+            raise AccountInactive(f"account {order.account_id} is deactivated: reactivate it to trade")
+        stored = Stored()
+        loaded = standings[(order.user_id, order.symbol)]
+        try:
+            await self.risk.judge(order, new.instrument, new.reference, loaded, tripped=new.tripped)
+        except RiskRefused as refusal:
+            order.status = OrderStatus.REJECTED.value
+            order.reject_reason = f"risk:{refusal.limit_type}: {refusal.detail}"[:255]
+            alert = refusal_alert(order, refusal)
+            writes.orders.append(order)
+            writes.alerts.append(alert)
+            stored.alerts.append(alert)
+            stored.refusal = refusal
+            stored.users.add(order.user_id)
+        else:
+            balance = writes.balances.get(key) or _balance(new, found, writes)
+            reserve(order, new.asset, new.amount, balance)  # raises InsufficientFunds before anything is kept
+            writes.balances[key] = balance
+            writes.orders.append(order)
+            loaded.accept(order)
+            stored.balances[balance.id] = balance
+        stored.orders[order.id] = order
+        return stored
+
+    @staticmethod
+    async def _write(tx: DriverTx, writes: _Batch) -> None:
+        await write_new_orders(tx, writes.orders, writes.balances.values(), writes.created)
+        await write_alerts(tx, writes.alerts)
+
+
+def _key(new: NewOrder) -> FundsKey:
+    if new.order.account_id is None:
+        raise ValueError(f"order {new.order.id} has no account")
+    return (new.order.user_id, new.order.account_id, new.asset)
+
+
+def _balance(new: NewOrder, funds: Funds, writes: _Batch) -> Balance:
+    """The balance `new` reserves from as locked (a row to create when the account has none of the asset yet)."""
+    order = new.order
+    row = new_balance(order.user_id, order.account_id, new.asset, order.exchange)  # type: ignore[arg-type]
+    if funds.balance_id is None:
+        writes.created.add(row.id)
+    else:
+        row.id, row.free, row.locked = funds.balance_id, funds.free, funds.locked
+        row.total = funds.free + funds.locked
+    return row
+
+
+def _answer(future: asyncio.Future[Stored], outcome: Stored | Exception) -> None:
+    if future.done():  # the caller went away
+        return
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

@@ -1,0 +1,193 @@
+"""The store transaction, group-committed (D43): new orders queued together share one transaction, each is judged
+on the funds and standing the orders before it left, and an order that fails fails alone.
+
+Orders are handed to the intake directly, as `place_order` hands them on (queued before the intake's task runs, so
+they form one batch); limit buys far below the market, so nothing fills them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from cival.core.exceptions import NotFound
+from cival.core.service_registry import ServiceRegistry
+from cival.database.models import Balance, Order, RiskAlert
+from cival.domain import portfolio as pf
+from cival.services.market_data_service import MarketDataService
+from cival.services.order_intake import NewOrder, Stored
+from cival.services.risk_manager import DefaultsFirst
+from tests.api._identity import ACCOUNTS, Caller, Identities
+
+BTC = "BTC/USDT"
+LIMITS = "/api/v1/risk/limits"
+PRICE = Decimal("10000")  # far below the market: nothing fills it
+
+
+async def _trader(ids: Identities, registry: ServiceRegistry, **limits: str) -> tuple[Caller, uuid.UUID]:
+    """A user with one paper account (10,000 USDT) and exactly `limits` (type -> value), or the defaults."""
+    user = await ids.new_user()
+    response = await user.post(ACCOUNTS, json={"exchange": "paper"})
+    assert response.status_code == 201, response.text
+    account = uuid.UUID(response.json()["id"])
+    existing = (await user.get(LIMITS)).json()  # reading them creates the defaults
+    if limits:
+        for item in existing:
+            assert (await user.delete(f"{LIMITS}/{item['id']}")).status_code == 204
+        for kind, value in limits.items():
+            response = await user.post(LIMITS, json={"limit_type": kind, "limit_value": value})
+            assert response.status_code == 201, response.text
+    return user, account
+
+
+def _new(registry: ServiceRegistry, user: Caller, account: uuid.UUID, quantity: str, **extra: Any) -> NewOrder:
+    """A limit buy of `quantity` BTC at PRICE, priced for its reservation as `place_order` prices it."""
+    now = datetime.now(UTC)
+    order = Order(
+        id=uuid.uuid4(), user_id=user.id, account_id=account, symbol=BTC, side="buy", type="limit",
+        quantity=Decimal(quantity), price=PRICE, time_in_force="GTC", post_only=False, status="pending",
+        filled_quantity=Decimal(0), fees=Decimal(0), reserved=Decimal(0), exchange="paper", created_at=now,
+        updated_at=now, **extra,
+    )  # fmt: skip
+    instrument = registry.orders.instrument("paper", BTC)
+    rate = max(registry.paper.fee_rates[BTC])
+    _, amount = pf.required_reservation("buy", "limit", order.quantity, PRICE, rate)
+    return NewOrder(order, instrument, None, instrument.quote_asset, amount)
+
+
+async def _together(registry: ServiceRegistry, news: list[NewOrder]) -> list[Stored | BaseException]:
+    """Queue every order before the intake runs (one batch); each one's outcome."""
+    calls = [asyncio.ensure_future(registry.orders.intake.store(new)) for new in news]
+    return list(await asyncio.gather(*calls, return_exceptions=True))
+
+
+@contextlib.contextmanager
+def _counting(registry: ServiceRegistry, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Count the driver transactions opened meanwhile (each is still the database's own)."""
+    opened: list[uuid.UUID | None] = []
+    real = registry.database.driver_transaction
+
+    @contextlib.asynccontextmanager
+    async def counted(user_id: uuid.UUID | None) -> AsyncIterator[Any]:
+        opened.append(user_id)
+        async with real(user_id) as tx:
+            yield tx
+
+    monkeypatch.setattr(registry.database, "driver_transaction", counted)
+    yield opened
+    monkeypatch.setattr(registry.database, "driver_transaction", real)
+
+
+async def _stored(registry: ServiceRegistry, user: Caller) -> list[Order]:
+    async with registry.database.system_session(read_only=True) as session:
+        rows = await session.scalars(select(Order).where(Order.user_id == user.id).order_by(Order.created_at))
+        return list(rows.all())
+
+
+async def _usdt(registry: ServiceRegistry, account: uuid.UUID) -> Balance:
+    async with registry.database.system_session(read_only=True) as session:
+        row = await session.scalar(select(Balance).where(Balance.account_id == account, Balance.asset == "USDT"))
+    assert row is not None
+    return row
+
+
+async def test_orders_queued_together_share_one_transaction_and_each_sees_the_funds_the_ones_before_it_left(
+    ids: Identities, registry: ServiceRegistry, market: MarketDataService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user, account = await _trader(ids, registry)
+    # 0.3 BTC at 10,000 reserves 3,000 USDT and its fee: three fit in 10,000 USDT, the fourth does not.
+    news = [_new(registry, user, account, "0.3") for _ in range(4)]
+    with _counting(registry, monkeypatch) as opened:
+        outcomes = await _together(registry, news)
+    assert opened == [None]  # one transaction (the platform's) for the whole batch
+    assert all(isinstance(o, Stored) for o in outcomes[:3]), outcomes
+    assert isinstance(outcomes[3], pf.InsufficientFunds)  # judged on what the first three left: it fails alone
+    stored = await _stored(registry, user)
+    assert [o.id for o in stored] == [n.order.id for n in news[:3]]  # the fourth was not written
+    assert all(o.status == "pending" and o.reserved == news[0].amount for o in stored)
+    usdt = await _usdt(registry, account)
+    assert usdt.locked == 3 * news[0].amount
+    assert usdt.free + usdt.locked == usdt.total == Decimal("10000")
+    # What each caller is answered with is the balance as its batch left it.
+    first = outcomes[0]
+    assert isinstance(first, Stored)
+    assert [(b.free, b.locked) for b in first.balances.values()] == [(usdt.free, usdt.locked)]
+
+
+async def test_the_gate_judges_each_order_of_a_batch_on_the_ones_accepted_before_it(
+    ids: Identities, registry: ServiceRegistry, market: MarketDataService
+) -> None:
+    user, account = await _trader(ids, registry, open_orders="2")
+    news = [_new(registry, user, account, "0.01") for _ in range(3)]
+    outcomes = await _together(registry, news)
+    assert [isinstance(o, Stored) and o.refusal is None for o in outcomes] == [True, True, False]
+    refused = outcomes[2]
+    assert isinstance(refused, Stored)
+    assert refused.refusal is not None
+    assert refused.refusal.limit_type == "open_orders"
+    stored = {o.id: o for o in await _stored(registry, user)}
+    assert [stored[n.order.id].status for n in news] == ["pending", "pending", "rejected"]
+    assert stored[news[2].order.id].reserved == 0
+    async with registry.database.system_session(read_only=True) as session:
+        alerts = (await session.scalars(select(RiskAlert).where(RiskAlert.user_id == user.id))).all()
+    assert [a.data["order_id"] for a in alerts] == [str(news[2].order.id)]  # written with the rejected order
+    assert (await _usdt(registry, account)).locked == news[0].amount + news[1].amount
+
+
+async def test_an_order_that_fails_alone_leaves_its_batch_stored(
+    ids: Identities, registry: ServiceRegistry, market: MarketDataService
+) -> None:
+    user, account = await _trader(ids, registry)
+    other, other_account = await _trader(ids, registry)
+    fresh = await ids.new_user()  # no limits yet: the gate asks for the defaults first
+    fresh_account = uuid.UUID((await fresh.post(ACCOUNTS, json={"exchange": "paper"})).json()["id"])
+    news = [
+        _new(registry, user, account, "0.01"),
+        _new(registry, user, other_account, "0.01"),  # another user's account
+        _new(registry, fresh, fresh_account, "0.01"),
+        _new(registry, other, other_account, "0.01"),
+    ]
+    outcomes = await _together(registry, news)
+    assert isinstance(outcomes[0], Stored)
+    assert isinstance(outcomes[1], NotFound)
+    assert isinstance(outcomes[2], DefaultsFirst)
+    assert isinstance(outcomes[3], Stored)
+    assert [o.id for o in await _stored(registry, user)] == [news[0].order.id]
+    assert [o.id for o in await _stored(registry, other)] == [news[3].order.id]
+    assert await _stored(registry, fresh) == []
+    assert (await _usdt(registry, other_account)).locked == news[3].amount  # nothing of the refused one
+
+
+async def test_a_batch_whose_transaction_fails_is_stored_again_one_order_at_a_time(
+    ids: Identities, registry: ServiceRegistry, market: MarketDataService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user, account = await _trader(ids, registry)
+    (used,) = await _together(registry, [_new(registry, user, account, "0.01", client_order_id="used")])
+    assert isinstance(used, Stored)
+    news = [
+        _new(registry, user, account, "0.01"),
+        _new(registry, user, account, "0.01", client_order_id="used"),  # the unique index refuses the batch
+        _new(registry, user, account, "0.01"),
+    ]
+    with _counting(registry, monkeypatch) as opened:
+        outcomes = await _together(registry, news)
+    assert len(opened) == 4  # the batch, then each order alone
+    assert isinstance(outcomes[0], Stored)
+    assert isinstance(outcomes[1], IntegrityError)
+    assert isinstance(outcomes[2], Stored)
+    stored = await _stored(registry, user)
+    assert [o.id for o in stored[1:]] == [news[0].order.id, news[2].order.id]
+    usdt = await _usdt(registry, account)
+    assert usdt.locked == 3 * news[0].amount  # the first order and the two stored on the second pass
+    async with registry.database.system_session(read_only=True) as session:
+        count = await session.scalar(select(func.count()).select_from(Order).where(Order.client_order_id == "used"))
+    assert count == 1
