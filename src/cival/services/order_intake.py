@@ -30,7 +30,7 @@ from decimal import Decimal
 from cival.core.db import Database
 from cival.core.exceptions import NotFound, ValidationFailed
 from cival.database.driver_sql import DriverTx
-from cival.database.models import Balance, Order, RiskAlert
+from cival.database.models import Balance, Order, RiskAlert, new_row
 from cival.domain.instruments import Instrument
 from cival.domain.orders import OrderStatus
 from cival.services.order_applier import Changes
@@ -189,13 +189,21 @@ def _key(new: NewOrder) -> FundsKey:
 def _balance(new: NewOrder, funds: Funds, writes: _Batch) -> Balance:
     """The balance `new` reserves from as locked (a row to create when the account has none of the asset yet)."""
     order = new.order
-    row = new_balance(order.user_id, order.account_id, new.asset, order.exchange)  # type: ignore[arg-type]
     if funds.balance_id is None:
+        row = new_balance(order.user_id, order.account_id, new.asset, order.exchange)  # type: ignore[arg-type]
         writes.created.add(row.id)
-    else:
-        row.id, row.free, row.locked = funds.balance_id, funds.free, funds.locked
-        row.total = funds.free + funds.locked
-    return row
+        return row
+    return new_row(
+        Balance,
+        id=funds.balance_id,
+        user_id=order.user_id,
+        account_id=order.account_id,
+        asset=new.asset,
+        free=funds.free,
+        locked=funds.locked,
+        total=funds.free + funds.locked,
+        exchange=order.exchange,
+    )
 
 
 def _answer(future: asyncio.Future[Stored], outcome: Stored | Exception) -> None:

@@ -31,7 +31,7 @@ from cival.core.cache import Cache
 from cival.core.db import Database
 from cival.core.exceptions import Conflict, NotFound, ValidationFailed
 from cival.core.logging import get_logger
-from cival.database.models import Order, Trade, TradingAccount
+from cival.database.models import Order, Trade, TradingAccount, new_row
 from cival.domain import portfolio as pf
 from cival.domain.instruments import Instrument
 from cival.domain.matching import Cancelled, Event, OpenOrder, OrderRequest, Rested
@@ -173,7 +173,8 @@ class OrderManagementService:
         except OrderRejected as exc:
             raise OrderInvalid(str(exc.code), exc.detail) from exc
         now = datetime.now(UTC)
-        order = Order(
+        order = new_row(
+            Order,
             id=uuid.uuid4(),
             user_id=user_id,
             account_id=body.account_id,

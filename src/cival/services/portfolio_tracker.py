@@ -18,7 +18,7 @@ from sqlalchemy import Integer, literal_column, select
 
 from cival.core.db import Database
 from cival.database.driver_sql import DriverInsert, DriverStatement, DriverTx, Target
-from cival.database.models import Balance, Order, PortfolioSnapshot, Position, Trade, TradingAccount
+from cival.database.models import Balance, Order, PortfolioSnapshot, Position, Trade, TradingAccount, new_row
 from cival.domain import portfolio as pf
 from cival.models.trading_models import PortfolioBalanceOut, PositionOut, SnapshotOut, SummaryOut
 
@@ -216,7 +216,8 @@ async def _write_balances(tx: Target, balances: Collection[Balance], created: Co
 
 
 def new_balance(user_id: uuid.UUID, account: uuid.UUID, asset: str, exchange: str) -> Balance:
-    return Balance(
+    return new_row(
+        Balance,
         id=uuid.uuid4(),
         user_id=user_id,
         account_id=account,
@@ -231,7 +232,8 @@ def new_balance(user_id: uuid.UUID, account: uuid.UUID, asset: str, exchange: st
 def new_position(order: Order) -> Position:
     if order.account_id is None:
         raise ValueError(f"order {order.id} has no account")
-    return Position(
+    return new_row(
+        Position,
         id=uuid.uuid4(),
         user_id=order.user_id,
         account_id=order.account_id,
