@@ -37,6 +37,7 @@ from cival.domain.instruments import Instrument
 from cival.domain.matching import Cancelled, Event, Filled, Rejected, Triggered
 from cival.domain.orders import TERMINAL_STATUSES, OrderStatus, OrderType, quantize_stored, transition
 from cival.models.trading_models import OrderOut, TradeOut
+from cival.services.group_commit import let_arrive
 from cival.services.portfolio_tracker import (
     new_balance,
     new_position,
@@ -170,6 +171,7 @@ class EventApplier:
 
     async def _drain(self) -> None:
         while self._queue:
+            await let_arrive(self._queue)
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
             try:
                 changes = await self._store([e for events, _ in batch for e in events])

@@ -33,6 +33,7 @@ from cival.database.driver_sql import DriverTx
 from cival.database.models import Balance, Order, RiskAlert, new_row
 from cival.domain.instruments import Instrument
 from cival.domain.orders import OrderStatus
+from cival.services.group_commit import let_arrive
 from cival.services.order_applier import Changes
 from cival.services.portfolio_tracker import Funds, FundsKey, lock_funds, new_balance, reserve, write_new_orders
 from cival.services.risk_manager import Loaded, RiskGate, RiskRefused, refusal_alert, write_alerts
@@ -101,6 +102,7 @@ class OrderIntake:
 
     async def _drain(self) -> None:
         while self._queue:
+            await let_arrive(self._queue)
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
             try:
                 outcomes = await self._store([new for new, _ in batch])
