@@ -3,6 +3,8 @@ values, and fail the way the ORM fails, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -216,3 +218,16 @@ async def test_a_row_built_without_the_constructor_is_stored_as_the_orm_stores_i
         await INSERT_ORDER.row(tx, built)
     assert built.fees == Decimal(0)  # the column's Python default, as a flush sets it
     assert await _stored(owner_engine, built.id, db.is_sqlite) == await _stored(owner_engine, by_orm.id, db.is_sqlite)
+
+
+def test_a_row_is_built_before_anything_configured_the_mappers() -> None:
+    # A fresh interpreter: the first mapped object the process makes may be one built without the constructor.
+    code = (
+        "import uuid\n"
+        "from cival.database.models import Order, new_row\n"
+        "row = new_row(Order, id=uuid.uuid4(), symbol='BTC/USDT')\n"
+        "print(row.symbol, row.price)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)  # noqa: S603
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["BTC/USDT", "None"]
