@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from cival.core.cache import Cache, MemoryCache, NumberedLog, RedisCache, Subscription, create_cache
+from cival.core.cache import Cache, MemoryCache, Numbered, NumberedLog, RedisCache, Subscription, create_cache
 from cival.core.exceptions import ServiceUnavailable
 
 REDIS_URL = os.environ.get("CIVAL_TEST_REDIS_URL", "")
@@ -265,10 +265,10 @@ async def test_publish_delivers_in_order(cache: Cache) -> None:
 
 
 async def test_publish_numbered_numbers_keeps_trims_and_publishes_in_one_step(cache: Cache) -> None:
-    log = NumberedLog(counter="log:seq", entry_prefix="log:", keep=3, ttl=60.0, stored_prefix=b"orders\n")
+    log = NumberedLog(counter="log:seq", entry_prefix="log:", keep=3, ttl=60.0)
     async with cache.subscribe("out") as sub:
-        seqs = [await cache.publish_numbered(log, b'{"n":', b"}", "out") for _ in range(5)]
-        assert seqs == [1, 2, 3, 4, 5]
+        seqs = [await cache.publish_numbered(log, [Numbered(b'{"n":', b"}", "out", b"orders\n")]) for _ in range(5)]
+        assert seqs == [[1], [2], [3], [4], [5]]
         assert await receive(sub, 5) == [("out", f'{{"n":{n}}}'.encode()) for n in range(1, 6)]
     assert [await cache.get(log.entry(n)) for n in range(1, 6)] == [None, None, b'orders\n{"n":3}', b'orders\n{"n":4}',
                                                                     b'orders\n{"n":5}']  # fmt: skip
@@ -276,11 +276,27 @@ async def test_publish_numbered_numbers_keeps_trims_and_publishes_in_one_step(ca
     assert await cache.get("log:seq") == b"5"
 
 
+async def test_many_messages_are_numbered_in_order_in_one_step(cache: Cache) -> None:
+    log = NumberedLog(counter="many:seq", entry_prefix="many:", keep=4, ttl=60.0)
+    first = [Numbered(b"<", b">", "a", b"a\n"), Numbered(b"[", b"]", "b", b"b\n"), Numbered(b"", b"", "a")]
+    async with cache.subscribe("a", "b") as sub:
+        assert await cache.publish_numbered(log, first) == [1, 2, 3]
+        assert await cache.publish_numbered(log, [Numbered(b"(", b")", "b")] * 3) == [4, 5, 6]
+        assert await cache.publish_numbered(log, []) == []
+        received = await receive(sub, 6)
+    assert received == [("a", b"<1>"), ("b", b"[2]"), ("a", b"3"), ("b", b"(4)"), ("b", b"(5)"), ("b", b"(6)")]
+    # Each message kept with its own prefix; numbering 5 and 6 dropped 1 and 2 within the step that took them.
+    assert [await cache.get(log.entry(n)) for n in range(1, 7)] == [None, None, b"3", b"(4)", b"(5)", b"(6)"]
+
+
 async def test_publish_numbered_is_atomic_under_concurrency(cache: Cache) -> None:
     log = NumberedLog(counter="c:seq", entry_prefix="c:", keep=1000, ttl=60.0)
     async with cache.subscribe("out") as sub:
-        seqs = await asyncio.gather(*(cache.publish_numbered(log, b"", b"", "out") for _ in range(100)))
-        assert sorted(seqs) == list(range(1, 101))
+        batches = await asyncio.gather(
+            *(cache.publish_numbered(log, [Numbered(b"", b"", "out")] * 2) for _ in range(50))
+        )
+        assert sorted(seq for batch in batches for seq in batch) == list(range(1, 101))
+        assert all(batch[1] == batch[0] + 1 for batch in batches)  # a step's numbers are never interleaved
         received = await receive(sub, 100)
     # Each number once, published in the order it was taken.
     assert [int(message) for _, message in received] == list(range(1, 101))
@@ -290,7 +306,7 @@ async def test_publish_numbered_is_atomic_under_concurrency(cache: Cache) -> Non
 async def test_publish_numbered_writes_large_numbers_as_integers(cache: Cache) -> None:
     log = NumberedLog(counter="big:seq", entry_prefix="big:", keep=2, ttl=60.0)
     await cache.set("big:seq", b"123456789012344")
-    assert await cache.publish_numbered(log, b"<", b">", "out") == 123456789012345
+    assert await cache.publish_numbered(log, [Numbered(b"<", b">", "out")]) == [123456789012345]
     assert await cache.get(log.entry(123456789012345)) == b"<123456789012345>"
 
 

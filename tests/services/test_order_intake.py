@@ -24,6 +24,7 @@ from cival.core.service_registry import ServiceRegistry
 from cival.database.models import Balance, Order, RiskAlert
 from cival.domain import portfolio as pf
 from cival.services.market_data_service import MarketDataService
+from cival.services.order_applier import Changes
 from cival.services.order_intake import NewOrder, Stored
 from cival.services.risk_manager import DefaultsFirst
 from tests.api._identity import ACCOUNTS, Caller, Identities
@@ -191,3 +192,24 @@ async def test_a_batch_whose_transaction_fails_is_stored_again_one_order_at_a_ti
     async with registry.database.system_session(read_only=True) as session:
         count = await session.scalar(select(func.count()).select_from(Order).where(Order.client_order_id == "used"))
     assert count == 1
+
+
+async def test_a_batch_is_published_once_before_any_caller_is_answered(
+    ids: Identities, registry: ServiceRegistry, market: MarketDataService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user, account = await _trader(ids, registry)
+    news = [_new(registry, user, account, "0.01") for _ in range(3)]
+    intake = registry.orders.intake
+    calls = [asyncio.ensure_future(intake.store(new)) for new in news]
+    published: list[tuple[list[uuid.UUID], int, list[bool]]] = []
+    real = intake.publish
+
+    async def recorded(changes: Changes) -> None:
+        published.append((list(changes.orders), len(changes.balances), [call.done() for call in calls]))
+        await real(changes)
+
+    monkeypatch.setattr(intake, "publish", recorded)
+    await asyncio.gather(*calls)
+    # One publication for the batch: its three orders in queue order, their one balance once, nobody answered yet.
+    assert published == [([n.order.id for n in news], 1, [False, False, False])]
+    assert len(await _stored(registry, user)) == 3

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import pytest
 
-from cival.core.cache import MemoryCache
+from cival.core.cache import MemoryCache, Numbered, NumberedLog
 from cival.core.exceptions import ServiceUnavailable
 from cival.services.channels import frame, make_resolver, publish_public, user_cache_channel
 from cival.services.user_stream import Catchup, Replay, ResyncReason, UserStream, frame_seq
@@ -53,6 +53,29 @@ async def test_events_are_numbered_stored_and_published(cache: MemoryCache) -> N
     assert await stream.head(uuid.uuid4()) == 0
     with pytest.raises(ValueError, match="not a user channel"):
         await stream.append(USER, "ticker:paper:BTC/USDT", {})
+
+
+async def test_many_events_go_in_one_step_per_run_of_a_channel(
+    cache: MemoryCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = UserStream(cache)
+    steps: list[list[str]] = []
+    real = cache.publish_numbered
+
+    async def counted(log: NumberedLog, messages: Sequence[Numbered]) -> list[int]:
+        steps.append([m.stored_prefix.decode().strip() for m in messages])
+        return await real(log, messages)
+
+    monkeypatch.setattr(cache, "publish_numbered", counted)
+    events = [("orders", {"n": 0}), ("orders", {"n": 1}), ("balances", {"n": 2}), ("orders", {"n": 3})]
+    assert await stream.append_many(USER, events) == [1, 2, 3, 4]
+    # A channel's run in one step; the next channel's after it, so live delivery keeps the numbering's order.
+    assert steps == [["orders", "orders"], ["balances"], ["orders"]]
+    replay = await stream.replay(USER, 0, ["orders", "balances"])
+    assert [json.loads(text)["data"]["n"] for _, text in replay.events] == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="not a user channel"):
+        await stream.append_many(USER, [("orders", {}), ("ticker:paper:BTC/USDT", {})])
+    assert await stream.head(USER) == 4  # nothing of a refused call is published
 
 
 async def test_replay_returns_the_wanted_channels_in_order(cache: MemoryCache) -> None:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
 from urllib.parse import unquote, urlsplit
 
 from cival.core.exceptions import ServiceUnavailable
@@ -63,16 +63,21 @@ return 0
 # server (Cival's deployment), not on Redis Cluster. Numbers are formatted as integers (Lua's default `..` would
 # switch to exponent notation past 1e14).
 _NUMBERED_SCRIPT = """
-local seq = redis.call('INCR', KEYS[1])
-local number = string.format('%d', seq)
-local message = ARGV[1] .. number .. ARGV[2]
-redis.call('SET', ARGV[3] .. number, ARGV[4] .. message, 'PX', ARGV[5])
-local old = seq - tonumber(ARGV[6])
-if old > 0 then
-  redis.call('DEL', ARGV[3] .. string.format('%d', old))
+local keep = tonumber(ARGV[3])
+local seqs = {}
+for i = 4, #ARGV, 4 do
+  local seq = redis.call('INCR', KEYS[1])
+  local number = string.format('%d', seq)
+  local message = ARGV[i + 1] .. number .. ARGV[i + 2]
+  redis.call('SET', ARGV[1] .. number, ARGV[i] .. message, 'PX', ARGV[2])
+  local old = seq - keep
+  if old > 0 then
+    redis.call('DEL', ARGV[1] .. string.format('%d', old))
+  end
+  redis.call('PUBLISH', ARGV[i + 3], message)
+  seqs[#seqs + 1] = seq
 end
-redis.call('PUBLISH', ARGV[7], message)
-return seq
+return seqs
 """
 
 
@@ -199,11 +204,19 @@ class NumberedLog:
     """Entries kept: numbering entry n drops entry n - keep."""
     ttl: float
     """Seconds each entry is kept."""
-    stored_prefix: bytes = b""
-    """Stored in front of each message (not published)."""
 
     def entry(self, seq: int) -> str:
         return f"{self.entry_prefix}{seq}"
+
+
+class Numbered(NamedTuple):
+    """One message for `publish_numbered`: published as `before + seq + after` on `channel`, kept with `stored_prefix`
+    in front."""
+
+    before: bytes
+    after: bytes
+    channel: str
+    stored_prefix: bytes = b""
 
 
 class Cache(abc.ABC):
@@ -252,10 +265,10 @@ class Cache(abc.ABC):
         """Send `message` to the subscribers of `channel`; returns how many received it."""
 
     @abc.abstractmethod
-    async def publish_numbered(self, log: NumberedLog, before: bytes, after: bytes, channel: str) -> int:
-        """In one atomic step: take the next number `seq` of `log.counter`, make `message = before + seq + after`,
-        keep `log.stored_prefix + message` at `log.entry(seq)` for `log.ttl` seconds, drop `log.entry(seq -
-        log.keep)`, and publish `message` on `channel`. Returns `seq`."""
+    async def publish_numbered(self, log: NumberedLog, messages: Sequence[Numbered]) -> list[int]:
+        """In one atomic step, for each message in order: take the next number `seq` of `log.counter`, make
+        `message = before + seq + after`, keep `stored_prefix + message` at `log.entry(seq)` for `log.ttl` seconds,
+        drop `log.entry(seq - log.keep)`, and publish `message` on `channel`. Returns the numbers taken."""
 
     @abc.abstractmethod
     def subscribe(self, *channels: str) -> Subscription:
@@ -407,14 +420,17 @@ class MemoryCache(Cache):
             subscription._deliver(channel, bytes(message))
         return len(subscribers)
 
-    async def publish_numbered(self, log: NumberedLog, before: bytes, after: bytes, channel: str) -> int:
-        """Number, keep and publish a message in one step (no await in between: atomic here)."""
-        seq = await self.incr(log.counter)
-        message = before + str(seq).encode() + after
-        await self.set(log.entry(seq), log.stored_prefix + message, log.ttl)
-        self._data.pop(log.entry(seq - log.keep), None)
-        await self.publish(channel, message)
-        return seq
+    async def publish_numbered(self, log: NumberedLog, messages: Sequence[Numbered]) -> list[int]:
+        """Number, keep and publish messages in one step (no await in between: atomic here)."""
+        seqs = []
+        for before, after, channel, stored_prefix in messages:
+            seq = await self.incr(log.counter)
+            message = before + str(seq).encode() + after
+            await self.set(log.entry(seq), stored_prefix + message, log.ttl)
+            self._data.pop(log.entry(seq - log.keep), None)
+            await self.publish(channel, message)
+            seqs.append(seq)
+        return seqs
 
     def subscribe(self, *channels: str) -> Subscription:
         """A subscription to `channels`, active inside `async with`."""
@@ -641,21 +657,17 @@ class RedisCache(Cache):
         with self._translate_errors():
             return int(await self._client.publish(self.prefix + channel, message))
 
-    async def publish_numbered(self, log: NumberedLog, before: bytes, after: bytes, channel: str) -> int:
-        """Number, keep and publish a message in one round trip (a Lua script: atomic in Redis)."""
+    async def publish_numbered(self, log: NumberedLog, messages: Sequence[Numbered]) -> list[int]:
+        """Number, keep and publish messages in one round trip (a Lua script: atomic in Redis)."""
         _check_ttl(log.ttl)
+        if not messages:
+            return []
         px = max(1, math.ceil(log.ttl * 1000))
-        args: list[bytes | str | int] = [
-            before,
-            after,
-            self.prefix + log.entry_prefix,
-            log.stored_prefix,
-            px,
-            log.keep,
-            self.prefix + channel,
-        ]
+        args: list[bytes | str | int] = [self.prefix + log.entry_prefix, px, log.keep]
+        for before, after, channel, stored_prefix in messages:
+            args += [stored_prefix, before, after, self.prefix + channel]
         with self._translate_errors():
-            return int(await self._numbered_script(keys=[self.prefix + log.counter], args=args))
+            return [int(seq) for seq in await self._numbered_script(keys=[self.prefix + log.counter], args=args)]
 
     def subscribe(self, *channels: str) -> Subscription:
         """A subscription to `channels`, active inside `async with`."""

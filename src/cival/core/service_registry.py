@@ -126,6 +126,11 @@ class ServiceRegistry:
             market.instruments.values(), book_source=lambda symbol: market.latest_book("paper", symbol)
         )
         self.risk = RiskGate(self.database, self.cache, market.instruments, self.usd_prices, s.paper_starting_balances)
+        # The one publisher of user events: numbered and kept for resume, live on every worker, fills and alerts to
+        # the user's webhooks (in the background).
+        self.notifications = NotificationService(self.database, self.cache, self.credentials.cipher, env=s.env)
+        await self.notifications.start()
+        self._started.append("notifications")
         self.orders = OrderManagementService(
             self.database,
             self.cache,
@@ -135,17 +140,12 @@ class ServiceRegistry:
             self.usd_prices,
             s.paper_starting_balances,
             OrderRoute(self.cache, market.instance_id, s.order_route_timeout_seconds),
+            self.notifications.publish_many,
             snapshot_seconds=s.portfolio_snapshot_seconds,
         )
-        # The one publisher of user events: numbered and kept for resume, live on every worker, fills and alerts to
-        # the user's webhooks (in the background).
-        self.notifications = NotificationService(self.database, self.cache, self.credentials.cipher, env=s.env)
-        await self.notifications.start()
-        self._started.append("notifications")
-        self.orders.publish = self.notifications.publish
-        # The gate cancels through the order service and publishes through whatever publisher it has at the time.
+        # The gate cancels through the order service and publishes alerts it raises outside the order path.
         self.risk.cancel_all = self.orders.cancel_all
-        self.risk.publish = lambda user_id, channel, data: self.orders.publish(user_id, channel, data)
+        self.risk.publish = self.notifications.publish_many
         self.risk_limits = RiskLimitService(self.risk)
         self.portfolio = PortfolioTracker(self.database, self.usd_prices, s.paper_starting_balances)
         self._started.append("orders")

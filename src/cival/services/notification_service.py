@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -143,17 +143,25 @@ class NotificationService:
     # --- publishing ----------------------------------------------------------------------------------------------
 
     async def publish(self, user_id: uuid.UUID, channel: str, data: Mapping[str, Any]) -> None:
-        """Number, keep and publish one user event; queue it for the user's webhooks if it is a fill or an alert."""
-        seq: int | None = None
+        """Number, keep and publish one user event (`publish_many`)."""
+        await self.publish_many(user_id, [(channel, data)])
+
+    async def publish_many(self, user_id: uuid.UUID, events: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """Number, keep and publish the user's `events` (channel, data) in order, in one cache step; queue each fill
+        and alert for the user's webhooks."""
+        seqs: list[int | None] = [None] * len(events)
         try:
-            seq = await self.stream.append(user_id, channel, data)
+            seqs = list(await self.stream.append_many(user_id, events))
         except ServiceUnavailable as exc:
             log.warning(
-                "live update not published: cache unavailable", user_id=str(user_id), channel=channel, error=exc.detail
+                "live updates not published: cache unavailable",
+                user_id=str(user_id),
+                channels=[channel for channel, _ in events],
+                error=exc.detail,
             )
-        if channel in WEBHOOK_EVENT_TYPES:
-            event = WebhookEvent(uuid.uuid4(), user_id, channel, data, datetime.now(UTC), seq)
-            self.webhooks.enqueue(event)
+        for (channel, data), seq in zip(events, seqs, strict=True):
+            if channel in WEBHOOK_EVENT_TYPES:
+                self.webhooks.enqueue(WebhookEvent(uuid.uuid4(), user_id, channel, data, datetime.now(UTC), seq))
 
     # --- endpoints -----------------------------------------------------------------------------------------------
 

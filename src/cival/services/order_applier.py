@@ -21,7 +21,7 @@ import contextlib
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -50,7 +50,8 @@ from cival.services.risk_manager import alert_data
 
 log = get_logger(__name__)
 
-UserPublisher = Callable[[uuid.UUID, str, Mapping[str, Any]], Awaitable[Any]]
+UserPublisher = Callable[[uuid.UUID, Sequence[tuple[str, Mapping[str, Any]]]], Awaitable[Any]]
+"""Publishes one user's events (channel, data), in order."""
 Prices = Callable[[], Awaitable[dict[str, Decimal]]]
 
 
@@ -367,20 +368,24 @@ class EventApplier:
         changes.users.add(order.user_id)
 
     async def publish_changes(self, changes: Changes) -> None:
-        """One message per changed row, in order; best effort (the database already holds the truth)."""
+        """One message per changed row, in order, all of a user's in one call (one cache step); best effort (the
+        database already holds the truth)."""
+        events: dict[uuid.UUID, list[tuple[str, Mapping[str, Any]]]] = {}
         try:
             for order in changes.orders.values():
-                await self.publish(order.user_id, "orders", OrderOut.model_validate(order).model_dump(mode="json"))
+                events.setdefault(order.user_id, []).append(("orders", order_message(order)))
             for trade in changes.trades:
-                await self.publish(trade.user_id, "trades", TradeOut.model_validate(trade).model_dump(mode="json"))
+                events.setdefault(trade.user_id, []).append(("trades", trade_message(trade)))
             for position in changes.positions.values():
-                await self.publish(position.user_id, "positions", position_message(position))
+                events.setdefault(position.user_id, []).append(("positions", position_message(position)))
             for balance in changes.balances.values():
-                await self.publish(balance.user_id, "balances", balance_message(balance))
+                events.setdefault(balance.user_id, []).append(("balances", balance_message(balance)))
             for alert in changes.alerts:
-                await self.publish(alert.user_id, "alerts", alert_data(alert))
+                events.setdefault(alert.user_id, []).append(("alerts", alert_data(alert)))
             for user_id in changes.users:
-                await self.publish(user_id, "portfolio", {"changed": True})
+                events.setdefault(user_id, []).append(("portfolio", {"changed": True}))
+            for user_id, user_events in events.items():
+                await self.publish(user_id, user_events)
         except Exception:
             log.exception("publishing order updates failed")
 
@@ -397,6 +402,14 @@ def _answer(future: asyncio.Future[Changes], outcome: Changes | BaseException) -
         future.set_exception(outcome)
     else:
         future.set_result(outcome)
+
+
+def order_message(order: Order) -> dict[str, Any]:
+    return OrderOut.model_validate(order).model_dump(mode="json")
+
+
+def trade_message(trade: Trade) -> dict[str, Any]:
+    return TradeOut.model_validate(trade).model_dump(mode="json")
 
 
 def position_message(position: Position) -> dict[str, Any]:

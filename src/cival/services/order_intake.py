@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -78,15 +79,24 @@ class _Batch:
 
 
 class OrderIntake:
-    def __init__(self, database: Database, risk: RiskGate, *, max_batch: int = 64) -> None:
+    def __init__(
+        self,
+        database: Database,
+        risk: RiskGate,
+        publish: Callable[[Changes], Awaitable[None]],
+        *,
+        max_batch: int = 64,
+    ) -> None:
         self.database = database
         self.risk = risk
+        self.publish = publish
         self.max_batch = max_batch
         self._queue: list[_Call] = []
         self._task: asyncio.Task[None] | None = None
 
     async def store(self, new: NewOrder) -> Stored:
-        """Store `new.order` (queued synchronously, before the first await) and return what that changed. Raises
+        """Store `new.order` (queued synchronously, before the first await) and return what that changed, published
+        already (`publish`, with the rest of its batch). Raises
         what fails this order alone (`NotFound`, `AccountInactive`, `pf.InsufficientFunds`, the gate's
         `DefaultsFirst` and `TripFirst`), or what failed its transaction (`IntegrityError`: a client order id used
         twice)."""
@@ -115,10 +125,24 @@ class OrderIntake:
                         (outcome,) = await self._store([new])
                     except Exception as one_exc:
                         outcome = one_exc
+                    await self._publish([outcome])
                     _answer(future, outcome)
                 continue
+            await self._publish(outcomes)
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 _answer(future, outcome)
+
+    async def _publish(self, outcomes: list[Stored | Exception]) -> None:
+        """What the stored orders changed, published before any caller is answered (and so before any order is
+        sent): one message per changed row, the batch's rows together."""
+        changes = Changes()
+        for outcome in outcomes:
+            if isinstance(outcome, Stored):
+                changes.orders |= outcome.orders
+                changes.balances |= outcome.balances
+                changes.alerts += outcome.alerts
+                changes.users |= outcome.users
+        await self.publish(changes)
 
     async def _store(self, batch: list[NewOrder]) -> list[Stored | Exception]:
         """One transaction for the whole batch; each order's outcome, in order."""

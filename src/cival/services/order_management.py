@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -52,7 +51,6 @@ from cival.services.order_applier import Changes, EventApplier, UserPublisher
 from cival.services.order_intake import AccountInactive, NewOrder, OrderIntake, Stored
 from cival.services.order_routing import OrderRoute, VenueUnavailable
 from cival.services.risk_manager import RiskGate
-from cival.services.websocket_manager import publish_user
 
 log = get_logger(__name__)
 
@@ -103,6 +101,7 @@ class OrderManagementService:
         prices: Callable[[], Awaitable[dict[str, Decimal]]],
         starting_balances: dict[str, Decimal],
         route: OrderRoute,
+        publish: UserPublisher,
         *,
         sweep_seconds: float = 10.0,
         snapshot_seconds: float = 0.0,
@@ -122,23 +121,14 @@ class OrderManagementService:
             instruments,
             prices,
             starting_balances,
-            functools.partial(publish_user, cache),
+            publish,
             snapshot_seconds=snapshot_seconds,
         )
-        self.intake = OrderIntake(database, risk)
+        self.intake = OrderIntake(database, risk, self.applier.publish_changes)
         paper.sink = self.apply_events
         self._accounts: dict[tuple[uuid.UUID, uuid.UUID], str] = {}  # (user, account) -> exchange: never changes
         self._sending: set[uuid.UUID] = set()  # stored, not yet handed to the venue
         self._cancel_before_send: set[uuid.UUID] = set()
-
-    @property
-    def publish(self) -> UserPublisher:
-        """Where user events go (the notification service replaces it to add webhooks); one call per change."""
-        return self.applier.publish
-
-    @publish.setter
-    def publish(self, publisher: UserPublisher) -> None:
-        self.applier.publish = publisher
 
     # --- placing ---------------------------------------------------------------------------------------------
 
@@ -214,9 +204,8 @@ class OrderManagementService:
             raise InsufficientFundsError(
                 f"this order needs {amount} {asset} and the account has less free: {exc}"
             ) from exc
-        # Stored (pending with its funds locked, or rejected with its alert): one message per change, before
+        # Stored (pending with its funds locked, or rejected with its alert), and its changes published before
         # anything the venue does with it.
-        await self.applier.publish_changes(stored)
         if stored.refusal is not None:
             raise stored.refusal
         # The order is stored and acknowledged: now, and only now, it goes to the venue.

@@ -64,7 +64,7 @@ from cival.services.auth_service import Principal
 log = get_logger(__name__)
 
 Prices = Callable[[], Awaitable[dict[str, Decimal]]]
-UserPublisher = Callable[[uuid.UUID, str, Mapping[str, Any]], Awaitable[Any]]
+UserPublisher = Callable[[uuid.UUID, Sequence[tuple[str, Mapping[str, Any]]]], Awaitable[Any]]
 CancelAll = Callable[[Principal, str | None], Awaitable[Sequence[Any]]]
 T = TypeVar("T")
 
@@ -364,7 +364,7 @@ class RiskGate:
         self.cancel_all: CancelAll | None = None
         """The order service's `cancel_all(principal, symbol)`, set by the registry once both exist."""
         self.publish: UserPublisher | None = None
-        """The registry's user-event publisher (`orders.publish`), for alerts raised outside the order path."""
+        """The registry's user-event publisher, for alerts raised outside the order path."""
 
     @functools.cached_property
     def quotes(self) -> dict[str, str]:
@@ -574,7 +574,7 @@ class RiskGate:
             now_engaged = bool(switch.is_active)
         if alert is not None and self.publish is not None:
             try:
-                await self.publish(user_id, "alerts", alert_data(alert))
+                await self.publish(user_id, [("alerts", alert_data(alert))])
             except Exception:  # the alert is stored; a live update is best effort
                 log.exception("publishing a kill switch alert failed", user_id=str(user_id))
         return now_engaged, alert

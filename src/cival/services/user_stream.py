@@ -21,16 +21,19 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from cival.core.cache import Cache, NumberedLog
+from cival.core.cache import Cache, Numbered, NumberedLog
 from cival.core.exceptions import ServiceUnavailable
 from cival.services.channels import USER_CHANNELS, frame_around_seq, user_cache_channel
 
 __all__ = ["RETENTION_EVENTS", "RETENTION_SECONDS", "Catchup", "Replay", "ResyncReason", "UserStream", "frame_seq"]
+
+_STORED_PREFIX = {channel: channel.encode() + b"\n" for channel in USER_CHANNELS}
+"""Each kept event starts with its channel's name (a replay reads only the channels asked for)."""
 
 RETENTION_EVENTS = 1000
 """How many of a user's most recent events a reconnecting client can ask for."""
@@ -93,19 +96,36 @@ class UserStream:
         return f"{cls._entry_prefix(user_id)}{seq}"
 
     async def append(self, user_id: uuid.UUID | str, channel: str, data: Mapping[str, Any]) -> int:
-        """Number the event, keep it for resume, and publish it to every worker, in one atomic cache step (one
-        round trip on Redis, D39); returns its seq."""
-        if channel not in USER_CHANNELS:
-            raise ValueError(f"{channel!r} is not a user channel (one of {sorted(USER_CHANNELS)})")
-        before, after = frame_around_seq(channel, data)
+        """Number one event, keep it for resume, and publish it to every worker (`append_many`); returns its seq."""
+        (seq,) = await self.append_many(user_id, [(channel, data)])
+        return seq
+
+    async def append_many(self, user_id: uuid.UUID | str, events: Sequence[tuple[str, Mapping[str, Any]]]) -> list[int]:
+        """Number the user's `events` (channel, data) in order, keep them for resume, and publish them to every
+        worker; returns their seqs. Consecutive events of one channel go in one atomic cache step (one round trip on
+        Redis, D39); the next channel's wait for it. Each channel is its own subscription on the receiving side (on
+        Redis, its own connection), so events published in one step on two channels could be delivered out of
+        order; published a step apart they arrive as they were numbered."""
         log = NumberedLog(
             counter=self._seq_key(user_id),
             entry_prefix=self._entry_prefix(user_id),
             keep=self.retention_events + 1,
             ttl=self.retention_seconds,
-            stored_prefix=channel.encode() + b"\n",
         )
-        return await self.cache.publish_numbered(log, before, after, user_cache_channel(user_id, channel))
+        for channel, _ in events:
+            if channel not in USER_CHANNELS:
+                raise ValueError(f"{channel!r} is not a user channel (one of {sorted(USER_CHANNELS)})")
+        seqs: list[int] = []
+        run: list[Numbered] = []
+        for channel, data in events:
+            if run and run[-1].stored_prefix != _STORED_PREFIX[channel]:
+                seqs += await self.cache.publish_numbered(log, run)
+                run = []
+            before, after = frame_around_seq(channel, data)
+            run.append(Numbered(before, after, user_cache_channel(user_id, channel), _STORED_PREFIX[channel]))
+        if run:
+            seqs += await self.cache.publish_numbered(log, run)
+        return seqs
 
     async def head(self, user_id: uuid.UUID | str) -> int:
         """The user's newest seq (0 before the first event)."""
