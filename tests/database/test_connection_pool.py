@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cival.api.errors import install_error_handlers
 from cival.config import Settings
 from cival.core import db as db_module
-from cival.core.db import Database, make_engine
+from cival.core.db import Database, HeldConnection, make_engine
 from cival.database.driver_sql import DriverStatement
 
 pytestmark = pytest.mark.postgres
@@ -143,3 +143,27 @@ async def test_a_database_that_cannot_be_reached_answers_503_not_500(postgres_ur
                 assert response.headers["Retry-After"] == "1"
     finally:
         await database.close()
+
+
+async def test_a_held_connection_that_was_lost_is_dropped_and_the_next_transaction_gets_a_fresh_one(
+    engine_and_admin: tuple[Database, AsyncEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database, admin = engine_and_admin
+    monkeypatch.setattr(db_module, "PING_AFTER_IDLE_SECONDS", 0.0)  # a pooled one would be pinged: a held one is not
+    held = HeldConnection()
+    async with database.driver_transaction(None, held=held) as tx:
+        [(pid,)] = await BACKEND_PID.fetch(tx)
+    await _terminate(admin, pid)
+
+    async def meet_the_loss() -> None:
+        async with database.driver_transaction(None, held=held) as tx:
+            await BACKEND_PID.fetch(tx)
+
+    with pytest.raises(OperationalError) as caught:
+        await meet_the_loss()
+    assert caught.value.connection_invalidated
+    assert held.pooled is None  # never used again
+    async with database.driver_transaction(None, held=held) as tx:
+        [(fresh,)] = await BACKEND_PID.fetch(tx)
+    assert fresh != pid
+    await database.release(held)

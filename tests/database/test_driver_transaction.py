@@ -16,7 +16,7 @@ from sqlalchemy import Integer, func, literal_column, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from cival.config import Settings
-from cival.core.db import Database
+from cival.core.db import Database, HeldConnection
 from cival.database.driver_sql import DriverInsert, DriverStatement
 from cival.database.models import Order
 from tests.api._identity import Identities
@@ -158,3 +158,33 @@ async def test_a_sqlite_statement_error_is_sqlalchemys_and_rolls_back(sqlite_db:
         await query_a_missing_table()
     async with sqlite_db.driver_transaction(None) as tx:  # rolled back, and the connection usable
         assert await ONE.fetch(tx) == [(1,)]
+
+
+async def test_a_held_connection_serves_one_transaction_after_another_until_released(
+    ids: Identities, db: Database
+) -> None:
+    user_id, account_id = await _account(ids)
+    held = HeldConnection()
+    async with db.driver_transaction(user_id, held=held) as tx:
+        first = tx.driver
+        await INSERT_ORDER.row(tx, _order(user_id, account_id, "held"))
+    assert held.pooled is not None  # kept, not returned to the pool
+    used: list[object] = []
+
+    async def a_duplicate() -> None:
+        async with db.driver_transaction(user_id, held=held) as tx:
+            used.append(tx.driver)
+            await INSERT_ORDER.row(tx, _order(user_id, account_id, "held"))
+
+    with pytest.raises(IntegrityError):  # a failed statement rolls back; the connection is still good and kept
+        await a_duplicate()
+    assert used == [first]
+    async with db.driver_transaction(user_id, held=held) as tx:
+        assert tx.driver is first
+        await INSERT_ORDER.row(tx, _order(user_id, account_id))
+    assert await _orders_of(db, user_id) == 2  # each transaction committed or rolled back on its own
+    await db.release(held)
+    assert held.pooled is None
+    async with db.driver_transaction(user_id, held=held) as tx:  # checked out afresh when used again
+        assert await COUNT_ORDERS.fetch(tx, user_id=user_id) == [(2,)]
+    await db.release(held)

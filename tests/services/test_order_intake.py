@@ -78,9 +78,9 @@ def _counting(registry: ServiceRegistry, monkeypatch: pytest.MonkeyPatch) -> Any
     real = registry.database.driver_transaction
 
     @contextlib.asynccontextmanager
-    async def counted(user_id: uuid.UUID | None) -> AsyncIterator[Any]:
+    async def counted(user_id: uuid.UUID | None, **kwargs: Any) -> AsyncIterator[Any]:
         opened.append(user_id)
-        async with real(user_id) as tx:
+        async with real(user_id, **kwargs) as tx:
             yield tx
 
     monkeypatch.setattr(registry.database, "driver_transaction", counted)

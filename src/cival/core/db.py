@@ -119,6 +119,17 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
+class HeldConnection:
+    """A pooled connection that one writer keeps between its transactions while it has work (D46): the order
+    intake and the fill applier each run one driver transaction after another, in one task. See
+    `Database.driver_transaction(held=...)` and `Database.release`."""
+
+    __slots__ = ("pooled",)
+
+    def __init__(self) -> None:
+        self.pooled: Any = None
+
+
 class Database:
     """Owns the engine and hands out transactions."""
 
@@ -167,7 +178,9 @@ class Database:
             yield session
 
     @asynccontextmanager
-    async def driver_transaction(self, user_id: uuid.UUID | None) -> AsyncIterator[DriverTx]:
+    async def driver_transaction(
+        self, user_id: uuid.UUID | None, *, held: HeldConnection | None = None
+    ) -> AsyncIterator[DriverTx]:
         """A write transaction on a pooled connection's driver, with no SQLAlchemy session (D42): on behalf of
         `user_id` (row-level security binds it, as in `session`), or of the platform when None (as in
         `system_session`). Commits on success, rolls back on any error.
@@ -177,10 +190,17 @@ class Database:
         the user's id go in one round trip. A connection lost on the way is discarded from the pool and reported as
         SQLAlchemy's `OperationalError`; one that cannot be made raises the socket's `ConnectionError`, as for a
         session. The API answers 503 for both.
+
+        With `held`, the connection is the one `held` keeps (checked out on first use) and stays with it afterwards,
+        unless it was lost or the transaction was interrupted: a writer that runs one transaction after another
+        saves the pool's check-out and check-in each time (D46). `release` returns it to the pool.
         """
         async with self._write_turn(False):
-            # The engine's own pool: its connect events (role, codec) and D40's idle ping apply.
-            pooled = await greenlet_spawn(self.engine.sync_engine.raw_connection)
+            pooled: Any = held.pooled if held is not None else None
+            if pooled is None:
+                # The engine's own pool: its connect events (role, codec) and D40's idle ping apply.
+                pooled = await greenlet_spawn(self.engine.sync_engine.raw_connection)
+            keep = held is not None
             driver: Any = pooled.driver_connection
             try:
                 if self.is_sqlite:
@@ -194,17 +214,28 @@ class Database:
                 await driver.execute("COMMIT")
             except BaseException as exc:
                 lost = False
+                keep = keep and isinstance(exc, Exception)  # interrupted (cancelled): back to the pool, reset there
                 try:
                     if not self.is_sqlite or driver.in_transaction:  # SQLite: BEGIN itself may have failed
                         await driver.execute("ROLLBACK")
                 except Exception:  # the connection is gone (or broken mid-statement): never hand it out again
                     await greenlet_spawn(pooled.invalidate, exc)
                     lost = True
+                    keep = False
                 if isinstance(exc, Exception) and _unavailable(exc, lost=lost):
                     raise OperationalError("driver transaction", None, exc, connection_invalidated=lost) from exc
                 raise
             finally:
-                await greenlet_spawn(pooled.close)
+                if held is not None:
+                    held.pooled = pooled if keep else None
+                if not keep:
+                    await greenlet_spawn(pooled.close)
+
+    async def release(self, held: HeldConnection) -> None:
+        """Return the connection `held` keeps (if any) to the pool."""
+        pooled, held.pooled = held.pooled, None
+        if pooled is not None:
+            await greenlet_spawn(pooled.close)
 
     def _write_turn(self, read_only: bool) -> AbstractAsyncContextManager[Any]:
         if read_only or self._sqlite_writer is None:

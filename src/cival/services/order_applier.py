@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from cival.core.db import Database
+from cival.core.db import Database, HeldConnection
 from cival.core.logging import get_logger
 from cival.database.driver_sql import DriverRows, DriverStatement, DriverTx
 from cival.database.models import Balance, Order, Position, RiskAlert, Trade, new_row
@@ -125,6 +125,7 @@ class EventApplier:
         self.max_batch = max_batch
         self._queue: list[_Call] = []
         self._task: asyncio.Task[None] | None = None
+        self._held = HeldConnection()  # kept while there are batches to store (D46)
         self._last_ts = datetime.now(UTC)
         self.snapshot_seconds = snapshot_seconds
         self._snapshotted: dict[uuid.UUID, float] = {}  # user -> when today's snapshot was last written (monotonic)
@@ -171,6 +172,15 @@ class EventApplier:
     # --- the single writer ---------------------------------------------------------------------------------------
 
     async def _drain(self) -> None:
+        while True:
+            try:
+                await self._drain_queue()
+            finally:
+                await self.database.release(self._held)
+            if not self._queue:  # nothing came while the connection went back: this task ends (no await after)
+                return
+
+    async def _drain_queue(self) -> None:
         while self._queue:
             await let_arrive(self._queue)
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
@@ -218,7 +228,7 @@ class EventApplier:
         if not events and not self._owed:
             return changes
         prices = await self.prices()
-        async with self.database.driver_transaction(None) as tx:  # the platform's, on the driver (D42)
+        async with self.database.driver_transaction(None, held=self._held) as tx:  # the platform's, on the driver (D42)
             if events:
                 loaded = await self._load(tx, events, read_stored=read_stored)
                 for event in events:

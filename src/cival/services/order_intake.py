@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from cival.core.db import Database
+from cival.core.db import Database, HeldConnection
 from cival.core.exceptions import NotFound, ValidationFailed
 from cival.database.driver_sql import DriverTx
 from cival.database.models import Balance, Order, RiskAlert, new_row
@@ -93,6 +93,7 @@ class OrderIntake:
         self.max_batch = max_batch
         self._queue: list[_Call] = []
         self._task: asyncio.Task[None] | None = None
+        self._held = HeldConnection()  # kept while there are batches to store (D46)
 
     async def store(self, new: NewOrder) -> Stored:
         """Store `new.order` (queued synchronously, before the first await) and return what that changed, published
@@ -111,6 +112,15 @@ class OrderIntake:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _drain(self) -> None:
+        while True:
+            try:
+                await self._drain_queue()
+            finally:
+                await self.database.release(self._held)
+            if not self._queue:  # nothing came while the connection went back: this task ends (no await after)
+                return
+
+    async def _drain_queue(self) -> None:
         while self._queue:
             await let_arrive(self._queue)
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
@@ -148,7 +158,7 @@ class OrderIntake:
         """One transaction for the whole batch; each order's outcome, in order."""
         outcomes: list[Stored | Exception] = []
         writes = _Batch([], [], {}, set())
-        async with self.database.driver_transaction(None) as tx:
+        async with self.database.driver_transaction(None, held=self._held) as tx:
             funds = await lock_funds(tx, {_key(new) for new in batch})
             standings: dict[tuple[uuid.UUID, str], Loaded] = {}
             for new in batch:
