@@ -22,7 +22,8 @@ platform's default risk limits, except `order_rate`, raised so the benchmark's b
 Run: `.venv/bin/python -m benchmarks.orders [--gate] [--profile] [--sections]` from the repository root.
 `PLAIN_HTTP=1` runs the servers on the standard asyncio loop and h11 instead of uvloop and httptools (D36).
 PostgreSQL is measured too when `CIVAL_BENCH_DATABASE_URL=postgresql://user@host:port/any` is set (a scratch
-database is created there, migrated, and dropped afterwards). `ORDERS=... RAW=...` change the sizes. `--profile`
+database is created there, migrated, and dropped afterwards). `ORDERS=... RAW=...` change the sizes, `CLIENTS=`
+the number of concurrent clients on both sides (8). `--profile`
 runs one extra, smaller SQLite pass with cProfile inside the server child (cProfile sees the event loop thread only:
 time inside aiosqlite's worker thread shows up as waiting); `--sections` one with wall-clock timers around each
 step of the order path (awaits included, so lock waits show).
@@ -52,7 +53,7 @@ from benchmarks._server import serve
 
 ORDERS = int(os.environ.get("ORDERS", "400"))
 RAW = int(os.environ.get("RAW", "4000"))
-CONCURRENCY = 8
+CONCURRENCY = int(os.environ.get("CLIENTS", "8"))
 WARMUP_PER_CLIENT = 20
 """Requests (or raw transactions) each client makes before measuring starts, the same on both sides: pooled
 connections opened, statements prepared, caches filled."""

@@ -62,7 +62,8 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=registry.metrics)
     app.add_middleware(RequestIdMiddleware)
-    routers = (system, auth, users, credentials, accounts, market_data, orders, portfolio, risk, notifications, ws)
+    # A request is matched against the routes in this order, one by one: the trading routes, hit most, come first.
+    routers = (orders, portfolio, market_data, risk, accounts, system, auth, users, credentials, notifications, ws)
     for module in routers:
         app.include_router(module.router)
     return app

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import httpx
 import pytest
 from fastapi import FastAPI
 
+from cival.api.middleware import new_request_id
 from cival.core.exceptions import Conflict
 
 
@@ -66,6 +69,28 @@ async def test_domain_error_renders_code_and_detail(client: httpx.AsyncClient) -
 
 
 @pytest.mark.usefixtures("failing_routes")
+async def test_made_up_request_ids_are_distinct(client: httpx.AsyncClient) -> None:
+    ids = [(await client.get("/api/v1/system/health")).headers["x-request-id"] for _ in range(3)]
+    assert len(set(ids)) == 3
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert len({i[:16] for i in ids}) == 1  # this process's prefix, then a counter
+
+
+def test_a_forked_child_makes_request_ids_of_its_own() -> None:
+    parent = new_request_id()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: what would its next request id be?
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert len(child) == 32
+    assert child[:16] != parent[:16]  # a forked worker never repeats its parent's ids
+
+
 async def test_unexpected_error_is_a_500_with_request_id_and_no_leak(
     client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
