@@ -213,3 +213,48 @@ async def test_a_batch_is_published_once_before_any_caller_is_answered(
     # One publication for the batch: its three orders in queue order, their one balance once, nobody answered yet.
     assert published == [([n.order.id for n in news], 1, [False, False, False])]
     assert len(await _stored(registry, user)) == 3
+
+
+async def _rate_count(registry: ServiceRegistry, user: Caller) -> int:
+    value = await registry.cache.get(registry.risk.rate_key(user.id))
+    return int(value or 0)
+
+
+async def test_a_batch_counts_its_orders_in_the_order_rate_in_one_cache_step(
+    ids: Identities, registry: ServiceRegistry, market: MarketDataService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user, account = await _trader(ids, registry, order_rate="2", order_notional="200")
+    news = [_new(registry, user, account, "0.01") for _ in range(4)]
+    news.insert(1, _new(registry, user, account, "0.03"))  # 300 USDT: refused by order_notional before the rate
+    steps: list[int] = []
+    real = registry.cache.incr
+
+    async def counted(key: str, amount: int = 1, ttl: float | None = None) -> int:
+        if key == registry.risk.rate_key(user.id):
+            steps.append(amount)
+        return await real(key, amount, ttl)
+
+    monkeypatch.setattr(registry.cache, "incr", counted)
+    outcomes = await _together(registry, news)
+    refusals = [o.refusal.limit_type if isinstance(o, Stored) and o.refusal else None for o in outcomes]
+    assert refusals == [None, "order_notional", None, "order_rate", "order_rate"]
+    assert steps == [5, -1]  # the batch's five counted at once; the one that never reached the check given back
+    assert await _rate_count(registry, user) == 4  # as if counted one by one: the four that reached the check
+
+
+async def test_a_batch_that_was_not_stored_gives_its_counts_back(
+    ids: Identities, registry: ServiceRegistry, market: MarketDataService
+) -> None:
+    user, account = await _trader(ids, registry, order_rate="100")
+    (used,) = await _together(registry, [_new(registry, user, account, "0.01", client_order_id="counted")])
+    assert isinstance(used, Stored)
+    news = [
+        _new(registry, user, account, "0.01"),
+        _new(registry, user, account, "0.01", client_order_id="counted"),  # fails the batch, then itself alone
+        _new(registry, user, account, "0.01"),
+    ]
+    outcomes = await _together(registry, news)
+    assert [type(o).__name__ for o in outcomes] == ["Stored", "IntegrityError", "Stored"]
+    # 1 before; the failed batch's 3 given back; then each alone: 3 more (the duplicate was judged, then not stored,
+    # and its count given back with its transaction).
+    assert await _rate_count(registry, user) == 3

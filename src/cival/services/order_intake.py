@@ -32,12 +32,14 @@ from cival.core.db import Database, HeldConnection
 from cival.core.exceptions import NotFound, ValidationFailed
 from cival.database.driver_sql import DriverTx
 from cival.database.models import Balance, Order, RiskAlert, new_row
+from cival.domain import risk
 from cival.domain.instruments import Instrument
 from cival.domain.orders import OrderStatus
+from cival.domain.risk import Limit, LimitType
 from cival.services.group_commit import let_arrive
 from cival.services.order_applier import Changes
 from cival.services.portfolio_tracker import Funds, FundsKey, lock_funds, new_balance, reserve, write_new_orders
-from cival.services.risk_manager import Loaded, RiskGate, RiskRefused, refusal_alert, write_alerts
+from cival.services.risk_manager import Loaded, RateCounts, RiskGate, RiskRefused, refusal_alert, write_alerts
 
 
 class AccountInactive(ValidationFailed):
@@ -158,26 +160,49 @@ class OrderIntake:
         """One transaction for the whole batch; each order's outcome, in order."""
         outcomes: list[Stored | Exception] = []
         writes = _Batch([], [], {}, set())
-        async with self.database.driver_transaction(None, held=self._held) as tx:
-            funds = await lock_funds(tx, {_key(new) for new in batch})
-            standings: dict[tuple[uuid.UUID, str], Loaded] = {}
-            for new in batch:
-                order = new.order
-                if (order.user_id, order.symbol) not in standings and _key(new) in funds:
-                    standings[(order.user_id, order.symbol)] = await self.risk.load(order.user_id, order.symbol, tx)
-            for new in batch:
-                try:
-                    outcomes.append(await self._judge(new, funds, standings, writes))
-                except Exception as exc:  # this order alone: nothing of it is written
-                    outcomes.append(exc)
-            await self._write(tx, writes)
+        counts: dict[uuid.UUID, RateCounts] = {}
+        stored = False
+        try:
+            async with self.database.driver_transaction(None, held=self._held) as tx:
+                funds = await lock_funds(tx, {_key(new) for new in batch})
+                standings: dict[tuple[uuid.UUID, str], Loaded] = {}
+                for new in batch:
+                    order = new.order
+                    if (order.user_id, order.symbol) not in standings and _key(new) in funds:
+                        standings[(order.user_id, order.symbol)] = await self.risk.load(order.user_id, order.symbol, tx)
+                counts = await self._take_counts(batch, standings)
+                for new in batch:
+                    try:
+                        outcomes.append(await self._judge(new, funds, standings, counts, writes))
+                    except Exception as exc:  # this order alone: nothing of it is written
+                        outcomes.append(exc)
+                await self._write(tx, writes)
+            stored = True
+        finally:
+            for taken in counts.values():  # the unused ones, or all of them when nothing was stored
+                await self.risk.return_counts(taken, every=not stored)
         return outcomes
+
+    async def _take_counts(
+        self, batch: list[NewOrder], standings: dict[tuple[uuid.UUID, str], Loaded]
+    ) -> dict[uuid.UUID, RateCounts]:
+        """Each user's order-rate counts for this batch, in one cache step per user (D48): as many as the user has
+        orders here, when an order rate limit applies to them."""
+        wanted: dict[uuid.UUID, tuple[Limit, int]] = {}
+        for new in batch:
+            order = new.order
+            loaded = standings.get((order.user_id, order.symbol))
+            limit = None if loaded is None else risk.effective(loaded.limits, order.symbol).get(LimitType.ORDER_RATE)
+            if limit is not None:
+                wanted[order.user_id] = (limit, wanted.get(order.user_id, (limit, 0))[1] + 1)
+        return {user_id: await self.risk.take_counts(user_id, n, limit) for user_id, (limit, n) in wanted.items()}
 
     async def _judge(
         self,
         new: NewOrder,
         funds: dict[FundsKey, Funds],
         standings: dict[tuple[uuid.UUID, str], Loaded],
+        counts: dict[uuid.UUID, RateCounts],
         writes: _Batch,
     ) -> Stored:
         order = new.order
@@ -190,7 +215,9 @@ class OrderIntake:
         stored = Stored()
         loaded = standings[(order.user_id, order.symbol)]
         try:
-            await self.risk.judge(order, new.instrument, new.reference, loaded, tripped=new.tripped)
+            await self.risk.judge(
+                order, new.instrument, new.reference, loaded, tripped=new.tripped, counts=counts.get(order.user_id)
+            )
         except RiskRefused as refusal:
             order.status = OrderStatus.REJECTED.value
             order.reject_reason = f"risk:{refusal.limit_type}: {refusal.detail}"[:255]

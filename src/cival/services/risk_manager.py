@@ -143,6 +143,39 @@ class RiskCheckUnavailable(RiskRefused):
     code = "risk_check_unavailable"
 
 
+@dataclass
+class RateCounts:
+    """Order-rate counts taken in one cache step for a batch's orders of one user (`RiskGate.take_counts`)."""
+
+    key: str
+    next: int
+    left: int
+    taken: int = 0
+    unavailable: tuple[Limit, ServiceUnavailable] | None = None
+    """The limit, and why the cache could not count: every order that reaches the check is refused (fail closed)."""
+
+    def take(self) -> int:
+        """The next order's count in the minute; raises `RiskCheckUnavailable` when the cache could not count."""
+        if self.unavailable is not None:
+            limit, cause = self.unavailable
+            raise _rate_unavailable(limit, cause) from cause
+        if self.left <= 0:
+            raise RuntimeError("more orders reached the rate check than counts were taken")
+        count, self.next, self.left = self.next, self.next + 1, self.left - 1
+        return count
+
+
+def _rate_unavailable(limit: Limit, exc: ServiceUnavailable) -> RiskCheckUnavailable:
+    return RiskCheckUnavailable(
+        LimitType.ORDER_RATE.value,
+        f"the cache that counts orders per minute is unreachable, so order_rate cannot be checked and the "
+        f"order is refused (fail closed): {exc.detail}",
+        limit_value=limit.value,
+        severity="high",
+        limit_id=limit.id,
+    )
+
+
 # --- what the gate reads -----------------------------------------------------------------------------------
 
 
@@ -413,10 +446,12 @@ class RiskGate:
         loaded: Loaded,
         *,
         tripped: bool = False,
+        counts: RateCounts | None = None,
     ) -> None:
         """`check` on a standing read already (`load`, in the transaction that stores the order): the order
         intake reads each user's standing once per batch and judges that batch's orders one after another, each
-        seeing the ones accepted before it (`Loaded.accept`). Raises as `check` does."""
+        seeing the ones accepted before it (`Loaded.accept`), and counts it in the order rate with `counts` (taken
+        for the batch in one step) when given. Raises as `check` does."""
         user_id = order.user_id
         if loaded.kill_switch is None:
             raise DefaultsFirst
@@ -451,7 +486,8 @@ class RiskGate:
             quotes=self.quotes,
         )
         if breach is None and LimitType.ORDER_RATE in limits:
-            breach = risk.check_order_rate(limits[LimitType.ORDER_RATE], await self._count_order(user_id, limits))
+            count = counts.take() if counts is not None else await self._count_order(user_id, limits)
+            breach = risk.check_order_rate(limits[LimitType.ORDER_RATE], count)
         if breach is not None:
             raise RiskRefused.of(breach)
 
@@ -471,15 +507,28 @@ class RiskGate:
         try:
             return await self.cache.incr(self.rate_key(user_id), ttl=RATE_WINDOW_SECONDS)
         except ServiceUnavailable as exc:
-            limit = limits[LimitType.ORDER_RATE]
-            raise RiskCheckUnavailable(
-                LimitType.ORDER_RATE.value,
-                f"the cache that counts orders per minute is unreachable, so order_rate cannot be checked and the "
-                f"order is refused (fail closed): {exc.detail}",
-                limit_value=limit.value,
-                severity="high",
-                limit_id=limit.id,
-            ) from exc
+            raise _rate_unavailable(limits[LimitType.ORDER_RATE], exc) from exc
+
+    async def take_counts(self, user_id: uuid.UUID, wanted: int, limit: Limit) -> RateCounts:
+        """Count `wanted` orders of the user's current minute in one cache step, for a batch (the intake, D48): each
+        order that reaches the rate check takes the next count (`judge(counts=...)`); `return_counts` gives back
+        the ones not taken. A cache that cannot count makes every order that reaches the check fail closed."""
+        key = self.rate_key(user_id)
+        try:
+            last = await self.cache.incr(key, wanted, ttl=RATE_WINDOW_SECONDS)
+        except ServiceUnavailable as exc:
+            return RateCounts(key, 0, 0, 0, (limit, exc))
+        return RateCounts(key, last - wanted + 1, wanted, wanted)
+
+    async def return_counts(self, counts: RateCounts, *, every: bool = False) -> None:
+        """Give back the counts a batch took and did not use (its orders refused or failed before the rate check),
+        or `every` count it took (the batch was not stored: its orders are placed again, and counted again)."""
+        back = counts.taken if every else counts.left
+        if back > 0 and counts.unavailable is None:
+            try:
+                await self.cache.incr(counts.key, -back, ttl=RATE_WINDOW_SECONDS)
+            except ServiceUnavailable:
+                log.warning("order-rate counts not given back: cache unavailable", key=counts.key, count=back)
 
     async def judged(self, user_id: uuid.UUID, attempt: Callable[[bool], Awaitable[T]]) -> T:
         """`attempt(tripped)` (a transaction that calls `check`), after what the gate asks to happen first, each
