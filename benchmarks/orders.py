@@ -186,7 +186,7 @@ def _time_sections(app: Any) -> None:
 
     setattr(oi, "lock_funds", timed("lock_funds", oi.lock_funds))  # noqa: B010
     setattr(oi, "write_new_orders", timed("write_new_orders", oi.write_new_orders))  # noqa: B010
-    oi.OrderIntake._store = timed("intake._store", oi.OrderIntake._store)  # type: ignore[method-assign]
+    oi.OrderIntake.write_batch = timed("intake.write_batch", oi.OrderIntake.write_batch)  # type: ignore[method-assign]
     setattr(oa, "record_snapshot", timed("record_snapshot", oa.record_snapshot))  # noqa: B010
     from cival.services import risk_manager
 

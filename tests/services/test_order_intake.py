@@ -202,13 +202,13 @@ async def test_a_batch_is_published_once_before_any_caller_is_answered(
     intake = registry.orders.intake
     calls = [asyncio.ensure_future(intake.store(new)) for new in news]
     published: list[tuple[list[uuid.UUID], int, list[bool]]] = []
-    real = intake.publish
+    real = intake.publish_changes
 
     async def recorded(changes: Changes) -> None:
         published.append((list(changes.orders), len(changes.balances), [call.done() for call in calls]))
         await real(changes)
 
-    monkeypatch.setattr(intake, "publish", recorded)
+    monkeypatch.setattr(intake, "publish_changes", recorded)
     await asyncio.gather(*calls)
     # One publication for the batch: its three orders in queue order, their one balance once, nobody answered yet.
     assert published == [([n.order.id for n in news], 1, [False, False, False])]

@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from cival.core.db import Database, HeldConnection
+from cival.core.db import Database
 from cival.core.logging import get_logger
 from cival.database.driver_sql import DriverRows, DriverStatement, DriverTx
 from cival.database.models import Balance, Order, Position, RiskAlert, Trade, new_row
@@ -37,7 +37,7 @@ from cival.domain.instruments import Instrument
 from cival.domain.matching import Cancelled, Event, Filled, Rejected, Triggered
 from cival.domain.orders import TERMINAL_STATUSES, OrderStatus, OrderType, quantize_stored, transition
 from cival.models.trading_models import OrderOut, TradeOut
-from cival.services.group_commit import let_arrive
+from cival.services.group_commit import Writer
 from cival.services.portfolio_tracker import (
     new_balance,
     new_position,
@@ -79,8 +79,6 @@ class _Loaded:
     created: set[uuid.UUID] = field(default_factory=set)  # positions and balances new in this batch
 
 
-_Call = tuple[list[Event], "asyncio.Future[Changes]"]
-
 # A batch's rows, loaded and locked in id order (two processes never deadlock), on the driver (D42).
 _LOCK_ORDERS = DriverRows(Order, "id = ANY(:ids)", {"ids": Order.__table__.c.id}, for_update=True)
 _LOCK_BALANCES = DriverRows(
@@ -105,7 +103,7 @@ _FILLED_SO_FAR = DriverStatement(
 )
 
 
-class EventApplier:
+class EventApplier(Writer[list[Event], Changes]):
     def __init__(
         self,
         database: Database,
@@ -117,15 +115,11 @@ class EventApplier:
         max_batch: int = 64,
         snapshot_seconds: float = 0.0,
     ) -> None:
-        self.database = database
+        super().__init__(database, "order-applier", max_batch=max_batch)
         self.instrument = instrument
         self.prices = prices
         self.starting_balances = starting_balances
         self.publish = publish
-        self.max_batch = max_batch
-        self._queue: list[_Call] = []
-        self._task: asyncio.Task[None] | None = None
-        self._held = HeldConnection()  # kept while there are batches to store (D46)
         self._last_ts = datetime.now(UTC)
         self.snapshot_seconds = snapshot_seconds
         self._snapshotted: dict[uuid.UUID, float] = {}  # user -> when today's snapshot was last written (monotonic)
@@ -135,13 +129,9 @@ class EventApplier:
     async def apply(self, events: list[Event], *, force_snapshots: bool = False) -> Changes:
         """Queue `events` (synchronously, before the first await: queue order is call order) and wait until they
         are stored; returns what their batch changed."""
-        future: asyncio.Future[Changes] = asyncio.get_running_loop().create_future()
         if force_snapshots:
             self._snapshotted.clear()
-        self._queue.append((events, future))
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._drain(), name="order-applier")
-        return await asyncio.shield(future)
+        return await self.submit(events)
 
     async def close(self) -> None:
         """Let queued work finish and write the snapshots still owed (shutdown)."""
@@ -152,8 +142,7 @@ class EventApplier:
         if self._owed:
             with contextlib.suppress(Exception):
                 await self.apply([])
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self.finish()
 
     async def flush_snapshots(self) -> None:
         """Write every owed snapshot now (the timer does this `snapshot_seconds` after a deferred one)."""
@@ -171,39 +160,17 @@ class EventApplier:
 
     # --- the single writer ---------------------------------------------------------------------------------------
 
-    async def _drain(self) -> None:
-        while True:
-            try:
-                await self._drain_queue()
-            finally:
-                await self.database.release(self._held)
-            if not self._queue:  # nothing came while the connection went back: this task ends (no await after)
-                return
+    async def write_batch(self, items: list[list[Event]]) -> list[Changes | Exception]:
+        """The calls' events in one transaction: one change set, answering every call of the batch."""
+        changes = await self._store([e for events in items for e in events])
+        return [changes] * len(items)
 
-    async def _drain_queue(self) -> None:
-        while self._queue:
-            await let_arrive(self._queue)
-            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-            try:
-                changes = await self._store([e for events, _ in batch for e in events])
-            except Exception as exc:
-                if len(batch) == 1:
-                    log.exception("storing venue events failed")
-                    _answer(batch[0][1], exc)
-                    continue
-                for events, future in batch:  # one by one, so a bad call fails alone
-                    try:
-                        one = await self._store(events)
-                    except Exception as one_exc:
-                        log.exception("storing venue events failed")
-                        _answer(future, one_exc)
-                        continue
-                    _answer(future, one)
-                    await self.publish_changes(one)
-                continue
-            for _, future in batch:
-                _answer(future, changes)
+    async def publish_batch(self, results: list[Changes | Exception]) -> None:
+        for changes in {id(r): r for r in results if isinstance(r, Changes)}.values():
             await self.publish_changes(changes)
+
+    def failed(self, error: Exception) -> None:
+        log.error("storing venue events failed", exc_info=error)
 
     def _now(self) -> datetime:
         """Strictly increasing: trades fold in `created_at` order, and a batch stores many in the same microsecond."""
@@ -228,7 +195,7 @@ class EventApplier:
         if not events and not self._owed:
             return changes
         prices = await self.prices()
-        async with self.database.driver_transaction(None, held=self._held) as tx:  # the platform's, on the driver (D42)
+        async with self.database.driver_transaction(None, held=self.held) as tx:  # the platform's, on the driver (D42)
             if events:
                 loaded = await self._load(tx, events, read_stored=read_stored)
                 for event in events:
@@ -403,15 +370,6 @@ class EventApplier:
 def _quiet(future: asyncio.Future[Changes]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.error("writing owed snapshots failed", error=str(future.exception()))
-
-
-def _answer(future: asyncio.Future[Changes], outcome: Changes | BaseException) -> None:
-    if future.done():  # the caller went away
-        return
-    if isinstance(outcome, BaseException):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
 
 
 def order_message(order: Order) -> dict[str, Any]:

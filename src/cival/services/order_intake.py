@@ -22,13 +22,12 @@ the user's rows itself (the account check joins on the user), as the fill batch 
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from cival.core.db import Database, HeldConnection
+from cival.core.db import Database
 from cival.core.exceptions import NotFound, ValidationFailed
 from cival.database.driver_sql import DriverTx
 from cival.database.models import Balance, Order, RiskAlert, new_row
@@ -36,7 +35,7 @@ from cival.domain import risk
 from cival.domain.instruments import Instrument
 from cival.domain.orders import OrderStatus
 from cival.domain.risk import Limit, LimitType
-from cival.services.group_commit import let_arrive
+from cival.services.group_commit import Writer
 from cival.services.order_applier import Changes
 from cival.services.portfolio_tracker import Funds, FundsKey, lock_funds, new_balance, reserve, write_new_orders
 from cival.services.risk_manager import Loaded, RateCounts, RiskGate, RiskRefused, refusal_alert, write_alerts
@@ -67,9 +66,6 @@ class NewOrder:
     """The kill switch was just engaged for this order (`TripFirst`): it is judged as it came."""
 
 
-_Call = tuple[NewOrder, "asyncio.Future[Stored]"]
-
-
 @dataclass
 class _Batch:
     """What a batch's orders changed, to write when all are judged."""
@@ -80,90 +76,49 @@ class _Batch:
     created: set[uuid.UUID]  # balances not stored yet
 
 
-class OrderIntake:
+class OrderIntake(Writer[NewOrder, Stored]):
     def __init__(
         self,
         database: Database,
         risk: RiskGate,
-        publish: Callable[[Changes], Awaitable[None]],
+        publish_changes: Callable[[Changes], Awaitable[None]],
         *,
         max_batch: int = 64,
     ) -> None:
-        self.database = database
+        super().__init__(database, "order-intake", max_batch=max_batch)
         self.risk = risk
-        self.publish = publish
-        self.max_batch = max_batch
-        self._queue: list[_Call] = []
-        self._task: asyncio.Task[None] | None = None
-        self._held = HeldConnection()  # kept while there are batches to store (D46)
+        self.publish_changes = publish_changes
 
     async def store(self, new: NewOrder) -> Stored:
         """Store `new.order` (queued synchronously, before the first await) and return what that changed, published
-        already (`publish`, with the rest of its batch). Raises
-        what fails this order alone (`NotFound`, `AccountInactive`, `pf.InsufficientFunds`, the gate's
-        `DefaultsFirst` and `TripFirst`), or what failed its transaction (`IntegrityError`: a client order id used
-        twice)."""
-        future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
-        self._queue.append((new, future))
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._drain(), name="order-intake")
-        return await asyncio.shield(future)
+        already (`publish_changes`, with the rest of its batch). Raises what fails this order alone (`NotFound`,
+        `AccountInactive`, `pf.InsufficientFunds`, the gate's `DefaultsFirst` and `TripFirst`), or what failed its
+        transaction (`IntegrityError`: a client order id used twice)."""
+        return await self.submit(new)
 
     async def close(self) -> None:
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self.finish()
 
-    async def _drain(self) -> None:
-        while True:
-            try:
-                await self._drain_queue()
-            finally:
-                await self.database.release(self._held)
-            if not self._queue:  # nothing came while the connection went back: this task ends (no await after)
-                return
-
-    async def _drain_queue(self) -> None:
-        while self._queue:
-            await let_arrive(self._queue)
-            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-            try:
-                outcomes = await self._store([new for new, _ in batch])
-            except Exception as exc:
-                if len(batch) == 1:
-                    _answer(batch[0][1], exc)
-                    continue
-                for new, future in batch:  # one by one, so a bad order fails alone
-                    try:
-                        (outcome,) = await self._store([new])
-                    except Exception as one_exc:
-                        outcome = one_exc
-                    await self._publish([outcome])
-                    _answer(future, outcome)
-                continue
-            await self._publish(outcomes)
-            for (_, future), outcome in zip(batch, outcomes, strict=True):
-                _answer(future, outcome)
-
-    async def _publish(self, outcomes: list[Stored | Exception]) -> None:
+    async def publish_batch(self, results: list[Stored | Exception]) -> None:
         """What the stored orders changed, published before any caller is answered (and so before any order is
         sent): one message per changed row, the batch's rows together."""
         changes = Changes()
-        for outcome in outcomes:
+        for outcome in results:
             if isinstance(outcome, Stored):
                 changes.orders |= outcome.orders
                 changes.balances |= outcome.balances
                 changes.alerts += outcome.alerts
                 changes.users |= outcome.users
-        await self.publish(changes)
+        await self.publish_changes(changes)
 
-    async def _store(self, batch: list[NewOrder]) -> list[Stored | Exception]:
+    async def write_batch(self, batch: list[NewOrder]) -> list[Stored | Exception]:
         """One transaction for the whole batch; each order's outcome, in order."""
         outcomes: list[Stored | Exception] = []
         writes = _Batch([], [], {}, set())
         counts: dict[uuid.UUID, RateCounts] = {}
         stored = False
         try:
-            async with self.database.driver_transaction(None, held=self._held) as tx:
+            async with self.database.driver_transaction(None, held=self.held) as tx:
                 funds = await lock_funds(tx, {_key(new) for new in batch})
                 standings: dict[tuple[uuid.UUID, str], Loaded] = {}
                 for new in batch:
@@ -267,12 +222,3 @@ def _balance(new: NewOrder, funds: Funds, writes: _Batch) -> Balance:
         total=funds.free + funds.locked,
         exchange=order.exchange,
     )
-
-
-def _answer(future: asyncio.Future[Stored], outcome: Stored | Exception) -> None:
-    if future.done():  # the caller went away
-        return
-    if isinstance(outcome, Exception):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
