@@ -12,9 +12,9 @@ import uuid
 from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from sqlalchemy import Integer, literal_column, select
+from sqlalchemy import ColumnElement, Integer, literal_column, select
 
 from cival.core.db import Database
 from cival.database.driver_sql import DriverInsert, DriverStatement, DriverTx, Target
@@ -38,13 +38,29 @@ def _store(row: Balance, value: pf.Balance) -> None:
 
 _B = Balance.__table__.c
 _A = TradingAccount.__table__.c
-_ACCOUNT_FUNDS = DriverStatement(
-    "SELECT a.is_active, b.id, b.free, b.locked FROM trading_accounts a LEFT JOIN balances b "
-    "ON b.account_id = a.id AND b.asset = :asset WHERE a.id = :account_id AND a.user_id = :user_id",
-    {"asset": _B.asset, "account_id": _A.id, "user_id": _A.user_id},
-    [_A.is_active, _B.id, _B.free, _B.locked],
-)
-"""SQLite, one (account, asset) at a time: its write transaction holds the whole database already."""
+_SQLITE_FUNDS: dict[int, DriverStatement] = {}
+"""SQLite, every (user, account, asset) of a batch in one statement, by the batch's number of keys (its write
+transaction holds the whole database already: nothing to lock row by row)."""
+
+
+def _sqlite_funds(keys: int) -> DriverStatement:
+    statement = _SQLITE_FUNDS.get(keys)
+    if statement is None:
+        rows = ", ".join(f"(:u{i}, :a{i}, :s{i})" for i in range(keys))
+        params: dict[str, ColumnElement[Any]] = {}
+        for i in range(keys):
+            params |= {f"u{i}": _A.user_id, f"a{i}": _A.id, f"s{i}": _B.asset}
+        statement = _SQLITE_FUNDS[keys] = DriverStatement(
+            f"WITH k(user_id, account_id, asset) AS (VALUES {rows}) "  # noqa: S608 - placeholders only
+            "SELECT k.user_id, k.account_id, k.asset, a.is_active, b.id, b.free, b.locked FROM k "
+            "JOIN trading_accounts a ON a.id = k.account_id AND a.user_id = k.user_id "
+            "LEFT JOIN balances b ON b.account_id = a.id AND b.asset = k.asset",
+            params,
+            [_A.user_id, _A.id, _B.asset, _A.is_active, _B.id, _B.free, _B.locked],
+        )
+    return statement
+
+
 _LOCK_FUNDS = DriverStatement(
     "WITH k AS (SELECT * FROM unnest(CAST(:user_ids AS uuid[]), CAST(:account_ids AS uuid[]), "
     "CAST(:assets AS varchar[])) AS k(user_id, account_id, asset)), "
@@ -110,7 +126,7 @@ class Funds(NamedTuple):
 
 async def lock_funds(tx: DriverTx, keys: Collection[FundsKey]) -> dict[FundsKey, Funds]:
     """Each (user, account, asset)'s account, if the user has it (a key is missing otherwise), and its balance of the
-    asset, locked until the caller's transaction ends: one statement on PostgreSQL, for a whole batch of new orders."""
+    asset, locked until the caller's transaction ends: one statement for a whole batch of new orders."""
     found: dict[FundsKey, Funds] = {}
     if tx.dialect.name == "postgresql":
         ordered = sorted(keys)
@@ -121,10 +137,10 @@ async def lock_funds(tx: DriverTx, keys: Collection[FundsKey]) -> dict[FundsKey,
             assets=[k[2] for k in ordered],
         )
     else:
-        rows = []
-        for user_id, account_id, asset in sorted(keys):
-            for row in await _ACCOUNT_FUNDS.fetch(tx, account_id=account_id, user_id=user_id, asset=asset):
-                rows.append((user_id, account_id, asset, *row))
+        values: dict[str, Any] = {}
+        for i, (user_id, account_id, asset) in enumerate(sorted(keys)):
+            values |= {f"u{i}": user_id, f"a{i}": account_id, f"s{i}": asset}
+        rows = await _sqlite_funds(len(keys)).fetch(tx, **values) if keys else []
     for user_id, account_id, asset, is_active, balance_id, free, locked in rows:
         if balance_id is None:
             found[(user_id, account_id, asset)] = Funds(bool(is_active), None, Decimal(0), Decimal(0))
