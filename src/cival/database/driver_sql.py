@@ -22,6 +22,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cival.database.models import new_row
+
 _PLACEHOLDER = re.compile(r":(\w+(?:\[\d+\])?)")
 _ANY = re.compile(r"= ANY\(:(\w+)\)")
 _DRIVER_KEY = "cival.driver_connection"
@@ -248,7 +250,7 @@ class DriverQuery:
 class DriverRows:
     """`SELECT` of whole rows of a mapped class `WHERE <where> ORDER BY <order_by>` (`FOR UPDATE` on PostgreSQL when
     asked), returned as instances of the class that belong to no session, built as the ORM's own loading builds them
-    (no `__init__`, the attributes set from the row)."""
+    (`models.new_row`: no `__init__`, the attributes set from the row)."""
 
     def __init__(
         self,
@@ -261,19 +263,17 @@ class DriverRows:
     ) -> None:
         table = model.__table__
         columns = list(table.columns)
+        self.model = model
         self.keys = [model.__mapper__.get_property_by_column(c).key for c in columns]
-        self.manager = model._sa_class_manager
         # Names from the table's definition and the caller's constant text; values bound.
         sql = f"SELECT {', '.join(c.name for c in columns)} FROM {table.description} WHERE {where} ORDER BY {order_by}"  # noqa: S608
         self.statement = DriverStatement(sql + (" FOR UPDATE" if for_update else ""), params, columns, sqlite_sql=sql)
 
     async def all(self, target: Target, **values: Any) -> list[Any]:
-        out = []
-        for row in await self.statement.fetch(target, **values):
-            obj = self.manager.new_instance()
-            obj.__dict__.update(zip(self.keys, row, strict=True))
-            out.append(obj)
-        return out
+        return [
+            new_row(self.model, zip(self.keys, row, strict=True))
+            for row in await self.statement.fetch(target, **values)
+        ]
 
 
 class DriverInsert:
@@ -284,17 +284,16 @@ class DriverInsert:
         names = ", ".join(c.name for c in self.columns)
         values = ", ".join(f":{c.key}" for c in self.columns)
         # Names from the table's definition, values bound: nothing from input reaches the text.
-        self.sql = f"INSERT INTO {table.description} ({names}) VALUES ({values})"  # noqa: S608
-        self.params: dict[str, ColumnElement[Any]] = {c.key: c for c in self.columns}
-        self.statement = DriverStatement(self.sql, self.params)
+        sql = f"INSERT INTO {table.description} ({names}) VALUES ({values})"  # noqa: S608
+        self.statement = DriverStatement(sql, {c.key: c for c in self.columns})
 
     async def row(self, target: Target, obj: Any) -> None:
-        await self.statement.execute(target, **self.values(obj))
+        await self.statement.execute(target, **self._values(obj))
 
     async def rows(self, target: Target, objs: Sequence[Any]) -> None:
-        await self.statement.execute_many(target, [self.values(obj) for obj in objs])
+        await self.statement.execute_many(target, [self._values(obj) for obj in objs])
 
-    def values(self, obj: Any) -> dict[str, Any]:
+    def _values(self, obj: Any) -> dict[str, Any]:
         """The row's values by column key (an unset column takes its Python default, set on `obj` too)."""
         values = {}
         for column in self.columns:

@@ -1,8 +1,9 @@
 """Positions, balances and the daily snapshot: updated by each fill, read by the portfolio endpoints.
 
-The write side (`lock_funds` and `store_new_order`; `settle_fill`, `release`, `write_changes` and `record_snapshot`)
-runs inside the caller's transaction, on the driver (D42), so an order, its trade, its position and its balances
-change together or not at all (the spec's `sync_portfolio_data`). Money arithmetic is `domain.portfolio`'s; this
+The write side (`lock_funds`, `reserve` and `write_new_orders` for new orders; `settle_fill`, `release`,
+`write_changes` and `record_snapshot` for the venue's events) runs inside the caller's transaction, on the driver
+(D42), so an order, its trade, its position and its balances change together or not at all (the spec's
+`sync_portfolio_data`). Money arithmetic is `domain.portfolio`'s; this
 module loads and stores rows.
 """
 
@@ -142,10 +143,10 @@ async def lock_funds(tx: DriverTx, keys: Collection[FundsKey]) -> dict[FundsKey,
             values |= {f"u{i}": user_id, f"a{i}": account_id, f"s{i}": asset}
         rows = await _sqlite_funds(len(keys)).fetch(tx, **values) if keys else []
     for user_id, account_id, asset, is_active, balance_id, free, locked in rows:
-        if balance_id is None:
-            found[(user_id, account_id, asset)] = Funds(bool(is_active), None, Decimal(0), Decimal(0))
-        else:
-            found[(user_id, account_id, asset)] = Funds(bool(is_active), balance_id, free, locked)
+        none = balance_id is None  # no balance of the asset yet: both amounts zero
+        found[(user_id, account_id, asset)] = Funds(
+            bool(is_active), balance_id, Decimal(0) if none else free, Decimal(0) if none else locked
+        )
     return found
 
 
@@ -161,9 +162,6 @@ async def write_new_orders(
 ) -> None:
     """Insert a batch of new orders and write the balances their reservations changed (inserted when their id is in
     `created`): one driver call per kind of write."""
-    now = datetime.now(UTC)
-    for b in balances:
-        b.updated_at = now
     await _INSERT_ORDER.rows(tx, list(orders))
     await _write_balances(tx, balances, created)
 
@@ -179,7 +177,6 @@ async def write_changes(
     """Write what applying a batch of venue events changed, in the caller's transaction, on the driver's connection
     (D38): the changed orders, the new trades, and the positions and balances (inserted when their id is in
     `created`, updated otherwise; the caller loaded and locked those). One driver call per kind of write."""
-    now = datetime.now(UTC)
     await _UPDATE_ORDER.execute_many(
         tx,
         [
@@ -214,12 +211,14 @@ async def write_changes(
             if p.id not in created
         ],
     )
-    for b in balances:
-        b.updated_at = now
     await _write_balances(tx, balances, created)
 
 
 async def _write_balances(tx: Target, balances: Collection[Balance], created: Collection[uuid.UUID]) -> None:
+    """Stamp `balances` as changed now and write them: inserted when their id is in `created`, updated otherwise."""
+    now = datetime.now(UTC)
+    for b in balances:
+        b.updated_at = now
     await _INSERT_BALANCE.rows(tx, [b for b in balances if b.id in created])
     await _SET_BALANCE.execute_many(
         tx,
