@@ -16,11 +16,12 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.utils import create_model_field
 
+from cival.api.deps import get_admin, get_principal
 from cival.models.system_models import ErrorOut, ValidationErrorOut
 
 
-def _depends_on(dependant: Dependant, name: str) -> bool:
-    return any(getattr(d.call, "__name__", None) == name or _depends_on(d, name) for d in dependant.dependencies)
+def _depends_on(dependant: Dependant, call: Any) -> bool:
+    return any(d.call is call or _depends_on(d, call) for d in dependant.dependencies)
 
 
 class CivalRoute(APIRoute):
@@ -31,9 +32,9 @@ class CivalRoute(APIRoute):
             declared[400] = {"model": ErrorOut, "description": "The body is not valid JSON"}
         if self.dependant.path_params or self.dependant.query_params or self.body_field is not None:
             declared[422] = {"model": ValidationErrorOut, "description": "Invalid input"}
-        if _depends_on(self.dependant, "get_principal"):
+        if _depends_on(self.dependant, get_principal):
             declared[401] = {"model": ErrorOut, "description": "Missing, invalid or expired session"}
-        if _depends_on(self.dependant, "get_admin"):
+        if _depends_on(self.dependant, get_admin):
             declared[403] = {"model": ErrorOut, "description": "Needs the admin role"}
         if self.dependant.path_params:
             declared[404] = {"model": ErrorOut, "description": "No such object (or not yours)"}

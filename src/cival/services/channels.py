@@ -76,9 +76,13 @@ def iso(ts: datetime) -> str:
     return ts.isoformat().replace("+00:00", "Z")
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default)
+"""Built once: `json.dumps` with any option set builds a new encoder on every call."""
+
+
 def dumps(value: Mapping[str, Any]) -> str:
     """Compact JSON text with Decimal as text, UUIDs as text and datetimes ISO 8601."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default)
+    return _ENCODER.encode(value)
 
 
 def frame(channel: str, data: Mapping[str, Any], seq: int | None = None) -> bytes:
