@@ -538,6 +538,27 @@ async def test_only_one_service_holds_the_lease_until_the_leader_stops(
     assert await shared_cache.get(LEADER_KEY) == second.instance_id.encode()
 
 
+async def test_the_leader_reads_its_own_latest_book_from_memory_and_a_follower_the_same_book_from_the_cache(
+    make_service: MakeService, shared_cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await shared_cache.delete(LEADER_KEY)
+    leader, follower = make_service(cache=shared_cache), make_service(cache=shared_cache)
+    await leader.become_leader(start_time=START)
+    await Recorder(leader, monkeypatch).step(3)
+    key = "md:latest:book:paper:BTC/USDT"
+    assert await follower.latest_book("paper", "BTC/USDT") == await leader.latest_book("paper", "BTC/USDT")
+
+    await shared_cache.delete(key)  # the leader does not read the cache for it (on Redis: a round trip saved)...
+    book = await leader.latest_book("paper", "BTC/USDT")
+    assert book is not None
+    assert book.bids
+    assert book.asks
+    assert await follower.latest_book("paper", "BTC/USDT") is None  # ...where a follower has nothing but the cache
+
+    await leader.stop()  # no longer leading: its memory is no source
+    assert await leader.latest_book("paper", "BTC/USDT") is None
+
+
 async def test_a_crashed_leaders_lease_expires(make_service: MakeService) -> None:
     clock = [1000.0]
     cache = MemoryCache(clock=lambda: clock[0])
