@@ -262,7 +262,8 @@ class Cache(abc.ABC):
 
     @abc.abstractmethod
     async def publish(self, channel: str, message: bytes) -> int:
-        """Send `message` to the subscribers of `channel`; returns how many received it."""
+        """Send `message` to the subscribers of `channel`; returns how many received it: 0 when nobody listens
+        (in memory, the subscriptions; on Redis, the processes subscribed, each fanning out to its own)."""
 
     @abc.abstractmethod
     async def publish_numbered(self, log: NumberedLog, messages: Sequence[Numbered]) -> list[int]:
@@ -448,35 +449,125 @@ class MemoryCache(Cache):
 
 
 class _RedisSubscription(Subscription):
+    """A subscription on the cache's one pub/sub connection (`_RedisHub`)."""
+
     def __init__(self, cache: RedisCache, channels: tuple[str, ...], queue_size: int) -> None:
         super().__init__(channels, queue_size)
         self._cache = cache
-        self._by_wire_name = {(cache.prefix + channel).encode(): channel for channel in self.channels}
-        self._confirmed: set[bytes] = set()
-        self._ready = asyncio.Event()
-        self._closing = False
-        self._pubsub: PubSub | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self.by_wire_name = {(cache.prefix + channel).encode(): channel for channel in self.channels}
 
     async def _open(self) -> None:
-        self._cache._subscriptions.add(self)
+        cache = self._cache
+        if len(cache._subscriptions) >= cache.max_subscriptions:
+            raise cache._unavailable(f"too many subscriptions in this process (at most {cache.max_subscriptions})")
+        cache._subscriptions.add(self)
         try:
-            self._pubsub = self._cache._pubsub_client.pubsub()
-            with self._cache._translate_errors():
-                await self._pubsub.subscribe(*self._by_wire_name)
-            self._reader = asyncio.create_task(self._read(self._pubsub), name=f"cache-subscription{self.channels}")
-            # SUBSCRIBE returns before Redis has acted on it; waiting for every confirmation means a publish
-            # made right after `async with` is guaranteed to arrive.
-            try:
-                async with asyncio.timeout(self._cache.timeout):
-                    await self._ready.wait()
-            except TimeoutError:
-                raise self._cache._unavailable("no subscription confirmation") from None
-            if self._error is not None:
-                raise self._error
+            await cache._hub.add(self)
         except BaseException:
-            await self._shutdown()
+            cache._subscriptions.discard(self)
             raise
+
+    async def _close(self) -> None:
+        self._cache._subscriptions.discard(self)
+        await self._cache._hub.remove(self)
+
+
+class _RedisHub:
+    """The ONE pub/sub connection a RedisCache keeps for all of its subscriptions (D51).
+
+    A channel is subscribed when it gets its first subscriber in this process and unsubscribed when it loses its
+    last; one reader hands each message to every local subscriber of its channel. So a process holds one Redis
+    connection for its live updates however many websockets it serves, and messages on all channels arrive in the
+    order they were published. Entering a subscription returns once Redis has confirmed its new channels (a publish
+    made after `async with` is then guaranteed to arrive), and leaving the last subscriber of a channel returns once
+    Redis has confirmed the UNSUBSCRIBE. Changes take turns; a lost connection ends every subscription with
+    `ServiceUnavailable`, and the next subscription opens a new connection.
+    """
+
+    def __init__(self, cache: RedisCache) -> None:
+        self._cache = cache
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._local: dict[bytes, set[_RedisSubscription]] = {}
+        self._confirmations: dict[tuple[str, bytes], asyncio.Future[None]] = {}
+        self._turn = asyncio.Lock()
+
+    async def add(self, subscription: _RedisSubscription) -> None:
+        async with self._turn:
+            new = [wire for wire in subscription.by_wire_name if wire not in self._local]
+            # Registered first: a message that follows the confirmation closely is delivered, not dropped.
+            for wire in subscription.by_wire_name:
+                self._local.setdefault(wire, set()).add(subscription)
+            try:
+                if new:
+                    await self._command("subscribe", new)
+            except BaseException:
+                self._forget(subscription)
+                raise
+
+    async def remove(self, subscription: _RedisSubscription) -> None:
+        async with self._turn:
+            gone = self._forget(subscription)
+            if gone and self._pubsub is not None:
+                # Best effort: a connection that is gone has unsubscribed everything already.
+                with contextlib.suppress(ServiceUnavailable):
+                    await self._command("unsubscribe", gone)
+
+    async def close(self) -> None:
+        pubsub, reader = self._pubsub, self._reader
+        self._pubsub = self._reader = None
+        if reader is not None:
+            reader.cancel()
+            await asyncio.wait({reader})
+        if pubsub is not None:
+            with contextlib.suppress(*self._cache._connection_errors):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+
+    def _forget(self, subscription: _RedisSubscription) -> list[bytes]:
+        """Drop `subscription` from its channels; the channels it was the last local subscriber of."""
+        gone = []
+        for wire in subscription.by_wire_name:
+            subscribers = self._local.get(wire)
+            if subscribers is None:
+                continue
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._local[wire]
+                gone.append(wire)
+        return gone
+
+    async def _command(self, kind: str, wires: list[bytes]) -> None:
+        """SUBSCRIBE or UNSUBSCRIBE `wires`, and wait until Redis has confirmed each."""
+        loop = asyncio.get_running_loop()
+        waiting = {wire: loop.create_future() for wire in wires}
+        for wire, future in waiting.items():
+            self._confirmations[(kind, wire)] = future
+        try:
+            if self._pubsub is None:
+                self._pubsub = self._cache._pubsub_client.pubsub()
+            pubsub = self._pubsub
+            try:
+                with self._cache._translate_errors():
+                    await (pubsub.subscribe(*wires) if kind == "subscribe" else pubsub.unsubscribe(*wires))
+                if self._reader is None:
+                    self._reader = asyncio.create_task(self._read(pubsub), name="cache-subscriptions")
+                async with asyncio.timeout(self._cache.timeout):
+                    await asyncio.gather(*waiting.values())
+            except TimeoutError:
+                error = self._cache._unavailable(f"no {kind} confirmation")
+                self._fail(error, pubsub)  # a connection that stopped answering serves no subscription
+                raise error from None
+            except ServiceUnavailable as error:
+                self._fail(error, pubsub)
+                raise
+        finally:
+            for wire, future in waiting.items():
+                if self._confirmations.get((kind, wire)) is future:
+                    del self._confirmations[(kind, wire)]
+                if not future.done():
+                    future.cancel()
+                elif not future.cancelled():
+                    future.exception()  # failed with the connection: reported by raising above
 
     async def _read(self, pubsub: PubSub) -> None:
         try:
@@ -484,41 +575,35 @@ class _RedisSubscription(Subscription):
                 message: dict[str, Any] | None = await pubsub.get_message(timeout=None)
                 if message is None:
                     continue
-                kind = message["type"]
+                kind, wire = message["type"], message["channel"]
                 if kind == "message":
-                    channel = self._by_wire_name.get(message["channel"])
-                    if channel is not None:
-                        self._deliver(channel, message["data"])
-                elif kind == "subscribe":
-                    self._confirmed.add(message["channel"])
-                    if len(self._confirmed) == len(self._by_wire_name):
-                        self._ready.set()
-                elif kind == "unsubscribe" and self._closing and message["data"] == 0:
-                    return
+                    for subscription in tuple(self._local.get(wire, ())):
+                        subscription._deliver(subscription.by_wire_name[wire], message["data"])
+                elif kind in ("subscribe", "unsubscribe"):
+                    future = self._confirmations.pop((kind, wire), None)
+                    if future is not None and not future.done():
+                        future.set_result(None)
         except Exception as exc:
-            self._end(self._cache._unavailable(exc) if isinstance(exc, self._cache._connection_errors) else exc)
-            self._ready.set()
+            connection_lost = isinstance(exc, self._cache._connection_errors)
+            self._fail(self._cache._unavailable(exc) if connection_lost else exc, pubsub)
 
-    async def _close(self) -> None:
-        await self._shutdown()
-
-    async def _shutdown(self) -> None:
-        self._cache._subscriptions.discard(self)
-        pubsub, reader = self._pubsub, self._reader
-        self._pubsub = self._reader = None
-        if reader is not None:
-            if pubsub is not None and not reader.done():
-                self._closing = True
-                # Waiting for the server to confirm the unsubscribe means a publish after exit reaches nobody.
-                with contextlib.suppress(*self._cache._connection_errors):
-                    await pubsub.unsubscribe()
-                    await asyncio.wait({reader}, timeout=self._cache.timeout)
+    def _fail(self, error: Exception, pubsub: PubSub) -> None:
+        """The connection is lost: every subscription ends with `error`; the next one starts a new connection."""
+        if self._pubsub is not pubsub:
+            return  # failed already
+        reader, self._pubsub, self._reader = self._reader, None, None
+        if reader is not None and reader is not asyncio.current_task():
             reader.cancel()
-            await asyncio.wait({reader})
-        if pubsub is not None:
-            with contextlib.suppress(*self._cache._connection_errors):
-                # redis-py leaves PubSub.aclose unannotated.
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+        for future in self._confirmations.values():
+            if not future.done():
+                future.set_exception(error)
+        self._confirmations.clear()
+        ended = {subscription for subscribers in self._local.values() for subscription in subscribers}
+        self._local.clear()
+        for subscription in ended:
+            subscription._end(error)
+        closing = asyncio.ensure_future(pubsub.aclose())  # type: ignore[no-untyped-call]
+        closing.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
 class RedisCache(Cache):
@@ -566,10 +651,15 @@ class RedisCache(Cache):
         # A burst of commands waits for a free connection instead of failing with "Too many connections".
         commands = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout, **options())
         self._client: Redis = Redis(connection_pool=commands)
-        # Each subscription holds a connection for as long as it lives; a pool of their own means many
-        # subscribers (say, one per websocket) can never starve ordinary commands.
-        subscriptions = ConnectionPool.from_url(url, max_connections=max_subscriptions, **options())
+        # Every subscription shares ONE connection (`_RedisHub`, D51), from a pool of its own so that it never
+        # waits behind ordinary commands (two: a lost one may still be closing while the next opens).
+        # Named, so `CLIENT LIST` tells each deployment's (and each process's) subscription connection apart.
+        subscriptions = ConnectionPool.from_url(
+            url, max_connections=2, client_name=f"{prefix}subscriptions", **options()
+        )
         self._pubsub_client: Redis = Redis(connection_pool=subscriptions)
+        self.max_subscriptions = max_subscriptions
+        self._hub = _RedisHub(self)
         self._incr_script: AsyncScript = self._client.register_script(_INCR_SCRIPT)
         self._numbered_script: AsyncScript = self._client.register_script(_NUMBERED_SCRIPT)
         self._renew_script: AsyncScript = self._client.register_script(_RENEW_SCRIPT)
@@ -653,7 +743,8 @@ class RedisCache(Cache):
         return None if ms < 0 else ms / 1000
 
     async def publish(self, channel: str, message: bytes) -> int:
-        """Send `message` to the subscribers of `channel`; returns how many received it (PUBLISH's count)."""
+        """Send `message` to the subscribers of `channel`; returns how many processes received it (PUBLISH's count:
+        one connection per process, D51), 0 when nobody listens."""
         with self._translate_errors():
             return int(await self._client.publish(self.prefix + channel, message))
 
@@ -681,9 +772,10 @@ class RedisCache(Cache):
         return time.perf_counter() - start
 
     async def close(self) -> None:
-        """End all subscriptions and close the connection pool."""
+        """End all subscriptions and close the connection pools."""
         for subscription in list(self._subscriptions):
             await subscription.aclose()
+        await self._hub.close()
         await self._client.aclose(close_connection_pool=True)
         await self._pubsub_client.aclose(close_connection_pool=True)
 
