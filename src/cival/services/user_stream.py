@@ -102,10 +102,9 @@ class UserStream:
 
     async def append_many(self, user_id: uuid.UUID | str, events: Sequence[tuple[str, Mapping[str, Any]]]) -> list[int]:
         """Number the user's `events` (channel, data) in order, keep them for resume, and publish them to every
-        worker; returns their seqs. Consecutive events of one channel go in one atomic cache step (one round trip on
-        Redis, D39); the next channel's wait for it. Each channel is its own subscription on the receiving side (on
-        Redis, its own connection), so events published in one step on two channels could be delivered out of
-        order; published a step apart they arrive as they were numbered."""
+        worker, in ONE atomic cache step (one round trip on Redis, D39); returns their seqs. Every subscription of a
+        receiving process shares one connection (D51), so events on different channels arrive as they were
+        numbered."""
         log = NumberedLog(
             counter=self._seq_key(user_id),
             entry_prefix=self._entry_prefix(user_id),
@@ -115,17 +114,11 @@ class UserStream:
         for channel, _ in events:
             if channel not in USER_CHANNELS:
                 raise ValueError(f"{channel!r} is not a user channel (one of {sorted(USER_CHANNELS)})")
-        seqs: list[int] = []
-        run: list[Numbered] = []
+        messages = []
         for channel, data in events:
-            if run and run[-1].stored_prefix != _STORED_PREFIX[channel]:
-                seqs += await self.cache.publish_numbered(log, run)
-                run = []
             before, after = frame_around_seq(channel, data)
-            run.append(Numbered(before, after, user_cache_channel(user_id, channel), _STORED_PREFIX[channel]))
-        if run:
-            seqs += await self.cache.publish_numbered(log, run)
-        return seqs
+            messages.append(Numbered(before, after, user_cache_channel(user_id, channel), _STORED_PREFIX[channel]))
+        return await self.cache.publish_numbered(log, messages)
 
     async def head(self, user_id: uuid.UUID | str) -> int:
         """The user's newest seq (0 before the first event)."""
