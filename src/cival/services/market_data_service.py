@@ -626,11 +626,9 @@ class MarketDataService:
         elif symbol is not None and not keys:
             known = ", ".join(sorted({s for _, s in self.instruments}))
             raise UnknownSymbol(f"unknown symbol {symbol!r}; symbols are BASE/QUOTE, one of: {known}")
-        out = []
-        for key in sorted(keys):
-            cached = await self.cache.get(f"md:latest:{ticker_channel(*key)}")
-            if cached is not None:
-                out.append(TickerOut.model_validate_json(cached))
+        # One read for all of them (one MGET on Redis: valuations read every pair's ticker per fill batch).
+        found = await self.cache.get_many([f"md:latest:{ticker_channel(*key)}" for key in sorted(keys)])
+        out = [TickerOut.model_validate_json(cached) for cached in found if cached is not None]
         if not out and keys:  # a cold cache (restart, no leader yet): fall back to the last persisted tickers
             async with self.database.system_session(read_only=True) as session:
                 rows = (await session.scalars(select(PriceTicker))).all()
