@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
@@ -27,6 +27,7 @@ __all__ = [
     "ProtocolError",
     "Resolve",
     "UnknownChannel",
+    "UserPublisher",
     "dumps",
     "frame",
     "make_resolver",
@@ -39,6 +40,9 @@ __all__ = [
 
 USER_CHANNELS = frozenset({"orders", "trades", "positions", "balances", "portfolio", "alerts"})
 """Channels private to the caller: each resolves with the caller's own user id."""
+
+UserPublisher = Callable[[uuid.UUID, Sequence[tuple[str, Mapping[str, Any]]]], Awaitable[Any]]
+"""Publishes one user's events (channel, data), in order (`NotificationService.publish_many`)."""
 
 PUBLIC_PREFIXES = ("ticker:", "book:", "candles:")
 """Public channel kinds; the market-data service validates the rest of the name."""

@@ -21,7 +21,7 @@ import contextlib
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -37,6 +37,7 @@ from cival.domain.instruments import Instrument
 from cival.domain.matching import Cancelled, Event, Filled, Rejected, Triggered
 from cival.domain.orders import TERMINAL_STATUSES, OrderStatus, OrderType, quantize_stored, transition
 from cival.models.trading_models import OrderOut, TradeOut
+from cival.services.channels import UserPublisher
 from cival.services.group_commit import Writer
 from cival.services.portfolio_tracker import (
     new_balance,
@@ -50,8 +51,6 @@ from cival.services.risk_manager import alert_data
 
 log = get_logger(__name__)
 
-UserPublisher = Callable[[uuid.UUID, Sequence[tuple[str, Mapping[str, Any]]]], Awaitable[Any]]
-"""Publishes one user's events (channel, data), in order."""
 Prices = Callable[[], Awaitable[dict[str, Decimal]]]
 
 

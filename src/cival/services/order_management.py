@@ -47,7 +47,8 @@ from cival.domain.orders import (
 )
 from cival.models.trading_models import OrderIn, OrderOut, OrderPage, TradeOut, TradePage
 from cival.services.auth_service import Principal
-from cival.services.order_applier import Changes, EventApplier, UserPublisher
+from cival.services.channels import UserPublisher
+from cival.services.order_applier import Changes, EventApplier
 from cival.services.order_intake import AccountInactive, NewOrder, OrderIntake, Stored
 from cival.services.order_routing import OrderRoute, VenueUnavailable
 from cival.services.risk_manager import RiskGate

@@ -60,11 +60,11 @@ from cival.domain.orders import TERMINAL_STATUSES, OrderStatus
 from cival.domain.risk import DEFAULT_LIMITS, KILL_SWITCH, KILL_SWITCH_ON_DAILY_LOSS, Breach, Limit, LimitType
 from cival.services import audit
 from cival.services.auth_service import Principal
+from cival.services.channels import UserPublisher
 
 log = get_logger(__name__)
 
 Prices = Callable[[], Awaitable[dict[str, Decimal]]]
-UserPublisher = Callable[[uuid.UUID, Sequence[tuple[str, Mapping[str, Any]]]], Awaitable[Any]]
 CancelAll = Callable[[Principal, str | None], Awaitable[Sequence[Any]]]
 T = TypeVar("T")
 

@@ -111,11 +111,10 @@ class UserStream:
             keep=self.retention_events + 1,
             ttl=self.retention_seconds,
         )
-        for channel, _ in events:
+        messages = []
+        for channel, data in events:  # all checked before any is published
             if channel not in USER_CHANNELS:
                 raise ValueError(f"{channel!r} is not a user channel (one of {sorted(USER_CHANNELS)})")
-        messages = []
-        for channel, data in events:
             before, after = frame_around_seq(channel, data)
             messages.append(Numbered(before, after, user_cache_channel(user_id, channel), _STORED_PREFIX[channel]))
         return await self.cache.publish_numbered(log, messages)
