@@ -3,8 +3,6 @@ values, and fail the way the ORM fails, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -18,7 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cival.core.db import Database
 from cival.core.service_registry import ServiceRegistry
 from cival.database.driver_sql import DriverInsert, DriverRows, DriverStatement
-from cival.database.models import Order, new_row
+from cival.database.models import Order
+from cival.database.rows import OrderRow, row_of
 from cival.database.types import DecimalPrecisionError
 from cival.models.trading_models import OrderOut
 from tests.api._identity import Identities
@@ -187,12 +186,12 @@ async def test_a_list_is_bound_element_by_element_whatever_its_length(ids: Ident
         assert await READ_SOME.fetch(tx, ids=[batch[3].id], statuses=["filled"]) == [("list-3",)]
 
 
-async def test_whole_rows_are_built_as_the_orm_loads_them(ids: Identities, db: Database) -> None:
+async def test_whole_rows_are_read_as_the_orm_loads_them(ids: Identities, db: Database) -> None:
     user_id, account_id = await _account(ids)
     batch = [_order(user_id, account_id, f"rows-{i}") for i in range(3)]
     async with db.driver_transaction(user_id) as tx:
         await INSERT_ORDER.rows(tx, batch)
-    load = DriverRows(Order, "id = ANY(:ids)", {"ids": ORDERS.id}, for_update=True)
+    load = DriverRows(OrderRow, "id = ANY(:ids)", {"ids": ORDERS.id}, for_update=True)
     async with db.driver_transaction(user_id) as tx:
         built = await load.all(tx, ids=[o.id for o in batch])
     async with db.session(user_id, read_only=True) as session:
@@ -200,34 +199,22 @@ async def test_whole_rows_are_built_as_the_orm_loads_them(ids: Identities, db: D
     keys = [c.key for c in Order.__table__.columns]
     assert [[getattr(o, k) for k in keys] for o in built] == [[getattr(o, k) for k in keys] for o in by_orm]
     assert [o.id for o in built] == sorted(o.id for o in batch)  # in the order asked for
-    built[0].status = "cancelled"  # an ordinary instance of the class: attributes set and read as usual
+    assert all(type(o) is OrderRow for o in built)  # plain rows (D52), in no session
+    built[0].status = "cancelled"
     assert OrderOut.model_validate(built[0]).status == "cancelled"
 
 
-async def test_a_row_built_without_the_constructor_is_stored_as_the_orm_stores_it(
+async def test_a_plain_row_is_stored_as_the_orm_stores_it(
     ids: Identities, db: Database, owner_engine: AsyncEngine
 ) -> None:
     user_id, account_id = await _account(ids)
     by_orm = _order(user_id, account_id, "built-orm")
     async with db.session(user_id) as session:
         session.add(by_orm)
-    values = {c.key: getattr(by_orm, c.key) for c in Order.__table__.columns if c.key != "fees"}
-    built = new_row(Order, **values | {"id": uuid.uuid4(), "client_order_id": "built"})
-    assert built.fees is None  # not given: reads None, as on a new ORM instance
+    plain = row_of(OrderRow, by_orm)
+    plain.id, plain.client_order_id = uuid.uuid4(), "built"
+    plain.fees = None  # type: ignore[assignment]  # an unset value takes the column's Python default
     async with db.driver_transaction(user_id) as tx:
-        await INSERT_ORDER.row(tx, built)
-    assert built.fees == Decimal(0)  # the column's Python default, as a flush sets it
-    assert await _stored(owner_engine, built.id, db.is_sqlite) == await _stored(owner_engine, by_orm.id, db.is_sqlite)
-
-
-def test_a_row_is_built_before_anything_configured_the_mappers() -> None:
-    # A fresh interpreter: the first mapped object the process makes may be one built without the constructor.
-    code = (
-        "import uuid\n"
-        "from cival.database.models import Order, new_row\n"
-        "row = new_row(Order, id=uuid.uuid4(), symbol='BTC/USDT')\n"
-        "print(row.symbol, row.price)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)  # noqa: S603
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["BTC/USDT", "None"]
+        await INSERT_ORDER.row(tx, plain)
+    assert plain.fees == Decimal(0)  # the column's Python default, as a flush sets it
+    assert await _stored(owner_engine, plain.id, db.is_sqlite) == await _stored(owner_engine, by_orm.id, db.is_sqlite)

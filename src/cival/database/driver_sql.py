@@ -22,7 +22,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cival.database.models import new_row
+from cival.database.rows import MODELS
 
 _PLACEHOLDER = re.compile(r":(\w+(?:\[\d+\])?)")
 _ANY = re.compile(r"= ANY\(:(\w+)\)")
@@ -248,32 +248,28 @@ class DriverQuery:
 
 
 class DriverRows:
-    """`SELECT` of whole rows of a mapped class `WHERE <where> ORDER BY <order_by>` (`FOR UPDATE` on PostgreSQL when
-    asked), returned as instances of the class that belong to no session, built as the ORM's own loading builds them
-    (`models.new_row`: no `__init__`, the attributes set from the row)."""
+    """`SELECT` of whole rows of a table `WHERE <where> ORDER BY <order_by>` (`FOR UPDATE` on PostgreSQL when asked),
+    returned as plain rows (`rows.OrderRow`, ...: one field per column, in the table's order, D52)."""
 
     def __init__(
         self,
-        model: Any,
+        row: type[Any],
         where: str,
         params: dict[str, ColumnElement[Any]],
         *,
         order_by: str = "id",
         for_update: bool = False,
     ) -> None:
-        table = model.__table__
+        table = MODELS[row].__table__
         columns = list(table.columns)
-        self.model = model
-        self.keys = [model.__mapper__.get_property_by_column(c).key for c in columns]
+        self.row = row
         # Names from the table's definition and the caller's constant text; values bound.
         sql = f"SELECT {', '.join(c.name for c in columns)} FROM {table.description} WHERE {where} ORDER BY {order_by}"  # noqa: S608
         self.statement = DriverStatement(sql + (" FOR UPDATE" if for_update else ""), params, columns, sqlite_sql=sql)
 
     async def all(self, target: Target, **values: Any) -> list[Any]:
-        return [
-            new_row(self.model, zip(self.keys, row, strict=True))
-            for row in await self.statement.fetch(target, **values)
-        ]
+        row = self.row
+        return [row(*fetched) for fetched in await self.statement.fetch(target, **values)]
 
 
 class DriverInsert:

@@ -6,10 +6,9 @@ Deviations from the spec's SQL are deliberate and recorded in docs/decisions.md.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -25,7 +24,7 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy import false as sql_false
-from sqlalchemy.orm import DeclarativeBase, Mapped, configure_mappers, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from cival.database.types import ExactDecimal, JSONType, UTCDateTime, gen_random_uuid, money_zero, utcnow
 
@@ -46,21 +45,6 @@ def _now() -> datetime:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-RowT = TypeVar("RowT", bound=Base)
-
-
-def new_row(cls: type[RowT], items: Iterable[tuple[str, Any]] = (), /, **values: Any) -> RowT:
-    """An instance of mapped class `cls` holding `items` and `values` (attribute names), built as the ORM's loading
-    builds one (no `__init__`, no attribute events): for the rows the order path reads and writes on the driver
-    (D42), in no session. The constructor costs 18 µs for an order, this 1 µs. An attribute not given reads None (a
-    driver insert then takes its column's Python default)."""
-    if not cls.__mapper__.configured:  # the constructor configures the mappers: a row built without it must too
-        configure_mappers()
-    row = cls._sa_class_manager.new_instance()  # type: ignore[attr-defined]
-    row.__dict__.update(items, **values)
-    return row  # type: ignore[no-any-return]
 
 
 def _id() -> Mapped[uuid.UUID]:

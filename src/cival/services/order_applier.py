@@ -32,7 +32,8 @@ from sqlalchemy.exc import IntegrityError
 from cival.core.db import Database
 from cival.core.logging import get_logger
 from cival.database.driver_sql import DriverRows, DriverStatement, DriverTx
-from cival.database.models import Balance, Order, Position, RiskAlert, Trade, new_row
+from cival.database.models import Balance, Order, Position, RiskAlert, Trade
+from cival.database.rows import BalanceRow, OrderRow, PositionRow, TradeRow
 from cival.domain.instruments import Instrument
 from cival.domain.matching import Cancelled, Event, Filled, Rejected, Triggered
 from cival.domain.orders import TERMINAL_STATUSES, OrderStatus, OrderType, quantize_stored, transition
@@ -58,10 +59,10 @@ Prices = Callable[[], Awaitable[dict[str, Decimal]]]
 class Changes:
     """What one transaction changed, to answer callers and publish (each row once, in the order first changed)."""
 
-    orders: dict[uuid.UUID, Order] = field(default_factory=dict)
-    trades: list[Trade] = field(default_factory=list)
-    positions: dict[uuid.UUID, Position] = field(default_factory=dict)
-    balances: dict[uuid.UUID, Balance] = field(default_factory=dict)
+    orders: dict[uuid.UUID, OrderRow] = field(default_factory=dict)
+    trades: list[TradeRow] = field(default_factory=list)
+    positions: dict[uuid.UUID, PositionRow] = field(default_factory=dict)
+    balances: dict[uuid.UUID, BalanceRow] = field(default_factory=dict)
     alerts: list[RiskAlert] = field(default_factory=list)
     users: set[uuid.UUID] = field(default_factory=set)
 
@@ -70,21 +71,21 @@ class Changes:
 class _Loaded:
     """The rows one batch works on, loaded and locked up front."""
 
-    orders: dict[uuid.UUID, Order]
-    balances: dict[tuple[uuid.UUID, str], Balance]
-    positions: dict[tuple[uuid.UUID, str], Position]
+    orders: dict[uuid.UUID, OrderRow]
+    balances: dict[tuple[uuid.UUID, str], BalanceRow]
+    positions: dict[tuple[uuid.UUID, str], PositionRow]
     stored_trades: set[tuple[str, str]]
     notional: dict[uuid.UUID, Decimal]
     created: set[uuid.UUID] = field(default_factory=set)  # positions and balances new in this batch
 
 
 # A batch's rows, loaded and locked in id order (two processes never deadlock), on the driver (D42).
-_LOCK_ORDERS = DriverRows(Order, "id = ANY(:ids)", {"ids": Order.__table__.c.id}, for_update=True)
+_LOCK_ORDERS = DriverRows(OrderRow, "id = ANY(:ids)", {"ids": Order.__table__.c.id}, for_update=True)
 _LOCK_BALANCES = DriverRows(
-    Balance, "account_id = ANY(:accounts)", {"accounts": Balance.__table__.c.account_id}, for_update=True
+    BalanceRow, "account_id = ANY(:accounts)", {"accounts": Balance.__table__.c.account_id}, for_update=True
 )
 _LOCK_POSITIONS = DriverRows(
-    Position,
+    PositionRow,
     "account_id = ANY(:accounts) AND symbol = ANY(:symbols)",
     {"accounts": Position.__table__.c.account_id, "symbols": Position.__table__.c.symbol},
     for_update=True,
@@ -230,8 +231,8 @@ class EventApplier(Writer[list[Event], Changes]):
         orders = {o.id: o for o in await _LOCK_ORDERS.all(tx, ids=ids)}
         accounts = sorted({o.account_id for o in orders.values() if o.account_id is not None})
         symbols = sorted({o.symbol for o in orders.values()})
-        balances: dict[tuple[uuid.UUID, str], Balance] = {}
-        positions: dict[tuple[uuid.UUID, str], Position] = {}
+        balances: dict[tuple[uuid.UUID, str], BalanceRow] = {}
+        positions: dict[tuple[uuid.UUID, str], PositionRow] = {}
         stored: set[tuple[str, str]] = set()
         notional: dict[uuid.UUID, Decimal] = {}
         fills = [e for e in events if isinstance(e, Filled)]
@@ -253,7 +254,7 @@ class EventApplier(Writer[list[Event], Changes]):
                     notional[order_id] = notional.get(order_id, Decimal(0)) + quantity * price
         return _Loaded(orders, balances, positions, stored, notional)
 
-    def _balance(self, loaded: _Loaded, order: Order, asset: str) -> Balance:
+    def _balance(self, loaded: _Loaded, order: OrderRow, asset: str) -> BalanceRow:
         if order.account_id is None:
             raise ValueError(f"order {order.id} has no account")
         key = (order.account_id, asset)
@@ -279,8 +280,7 @@ class EventApplier(Writer[list[Event], Changes]):
                 raise ValueError(f"fill {fill.trade_id} would overfill order {order.id}")
             new_status = transition(status, OrderStatus.FILLED if filled == order.quantity else OrderStatus.PARTIAL)
             now = self._now()
-            trade = new_row(
-                Trade,
+            trade = TradeRow(
                 id=uuid.uuid4(),
                 order_id=order.id,
                 user_id=order.user_id,
@@ -371,15 +371,15 @@ def _quiet(future: asyncio.Future[Changes]) -> None:
         log.error("writing owed snapshots failed", error=str(future.exception()))
 
 
-def order_message(order: Order) -> dict[str, Any]:
+def order_message(order: OrderRow) -> dict[str, Any]:
     return OrderOut.model_validate(order).model_dump(mode="json")
 
 
-def trade_message(trade: Trade) -> dict[str, Any]:
+def trade_message(trade: TradeRow) -> dict[str, Any]:
     return TradeOut.model_validate(trade).model_dump(mode="json")
 
 
-def position_message(position: Position) -> dict[str, Any]:
+def position_message(position: PositionRow) -> dict[str, Any]:
     return {
         "account_id": str(position.account_id),
         "symbol": position.symbol,
@@ -388,7 +388,7 @@ def position_message(position: Position) -> dict[str, Any]:
     }
 
 
-def balance_message(balance: Balance) -> dict[str, Any]:
+def balance_message(balance: BalanceRow) -> dict[str, Any]:
     return {
         "account_id": str(balance.account_id),
         "asset": balance.asset,

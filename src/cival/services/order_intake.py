@@ -30,7 +30,8 @@ from decimal import Decimal
 from cival.core.db import Database
 from cival.core.exceptions import NotFound, ValidationFailed
 from cival.database.driver_sql import DriverTx
-from cival.database.models import Balance, Order, RiskAlert, new_row
+from cival.database.models import RiskAlert
+from cival.database.rows import BalanceRow, OrderRow
 from cival.domain import risk
 from cival.domain.instruments import Instrument
 from cival.domain.orders import OrderStatus
@@ -56,7 +57,7 @@ class Stored(Changes):
 class NewOrder:
     """An order to store: validated, priced for its reservation (`amount` of `asset`), and what the gate needs."""
 
-    order: Order
+    order: OrderRow
     instrument: Instrument
     reference: Decimal | None
     """The market price the gate's collar compares a limit price with (the book's mid)."""
@@ -70,9 +71,9 @@ class NewOrder:
 class _Batch:
     """What a batch's orders changed, to write when all are judged."""
 
-    orders: list[Order]
+    orders: list[OrderRow]
     alerts: list[RiskAlert]
-    balances: dict[FundsKey, Balance]
+    balances: dict[FundsKey, BalanceRow]
     created: set[uuid.UUID]  # balances not stored yet
 
 
@@ -204,21 +205,23 @@ def _key(new: NewOrder) -> FundsKey:
     return (new.order.user_id, new.order.account_id, new.asset)
 
 
-def _balance(new: NewOrder, funds: Funds, writes: _Batch) -> Balance:
+def _balance(new: NewOrder, funds: Funds, writes: _Batch) -> BalanceRow:
     """The balance `new` reserves from as locked (a row to create when the account has none of the asset yet)."""
-    order = new.order
+    user_id, account_id, asset = _key(new)
+    exchange = new.order.exchange
     if funds.balance_id is None:
-        row = new_balance(order.user_id, order.account_id, new.asset, order.exchange)  # type: ignore[arg-type]
+        row = new_balance(user_id, account_id, asset, exchange)
         writes.created.add(row.id)
         return row
-    return new_row(
-        Balance,
+    return BalanceRow(
         id=funds.balance_id,
-        user_id=order.user_id,
-        account_id=order.account_id,
-        asset=new.asset,
+        user_id=user_id,
+        account_id=account_id,
+        asset=asset,
         free=funds.free,
         locked=funds.locked,
         total=funds.free + funds.locked,
-        exchange=order.exchange,
+        usd_value=None,  # not read here, nor written: the update sets free, locked, total and updated_at
+        exchange=exchange,
+        updated_at=new.order.updated_at,
     )

@@ -30,7 +30,8 @@ from cival.core.cache import Cache
 from cival.core.db import Database
 from cival.core.exceptions import Conflict, NotFound, ValidationFailed
 from cival.core.logging import get_logger
-from cival.database.models import Order, Trade, TradingAccount, new_row
+from cival.database.models import Order, Trade, TradingAccount
+from cival.database.rows import OrderRow, row_of
 from cival.domain import portfolio as pf
 from cival.domain.instruments import Instrument
 from cival.domain.matching import Cancelled, Event, OpenOrder, OrderRequest, Rested
@@ -164,12 +165,11 @@ class OrderManagementService:
         except OrderRejected as exc:
             raise OrderInvalid(str(exc.code), exc.detail) from exc
         now = datetime.now(UTC)
-        order = new_row(
-            Order,
+        order = OrderRow(
             id=uuid.uuid4(),
             user_id=user_id,
             account_id=body.account_id,
-            client_order_id=client_order_id,
+            external_order_id=None,
             symbol=instrument.symbol,
             side=body.side,
             type=body.type,
@@ -177,14 +177,18 @@ class OrderManagementService:
             price=body.price,
             stop_price=body.stop_price,
             time_in_force=tif,
-            post_only=body.post_only,
             status=OrderStatus.PENDING.value,
             filled_quantity=Decimal(0),
+            average_price=None,
             fees=Decimal(0),
-            reserved=Decimal(0),
             exchange=exchange,
             created_at=now,
             updated_at=now,
+            client_order_id=client_order_id,
+            post_only=body.post_only,
+            triggered_at=None,
+            reject_reason=None,
+            reserved=Decimal(0),
         )
         mid = None
         if book is not None and book.bids and book.asks:
@@ -265,7 +269,7 @@ class OrderManagementService:
                 return latest
         return engine.book if engine is not None else None
 
-    def _reservation(self, order: Order, instrument: Instrument, book: Any) -> tuple[str, Decimal]:
+    def _reservation(self, order: OrderRow, instrument: Instrument, book: Any) -> tuple[str, Decimal]:
         maker, taker = self.paper.fee_rates.get(instrument.symbol, (Decimal(0), Decimal(0)))
         rate = max(maker, taker)
         if order.side == "sell":
@@ -284,7 +288,7 @@ class OrderManagementService:
         _, amount = pf.required_reservation("buy", order.type, order.quantity, bound, rate)  # type: ignore[arg-type]
         return instrument.quote_asset, amount
 
-    async def _send(self, order: Order, instrument: Instrument) -> OrderOut:
+    async def _send(self, order: OrderRow, instrument: Instrument) -> OrderOut:
         if not self.paper.active:  # another worker leads the paper exchange: it works the order
             self._sending.discard(order.id)
             return await self._route_submit(order)
@@ -304,25 +308,24 @@ class OrderManagementService:
         changes = await self.applier.apply(events)
         return OrderOut.model_validate(changes.orders.get(order.id, order))
 
-    async def _route_submit(self, order: Order) -> OrderOut:
+    async def _route_submit(self, order: OrderRow) -> OrderOut:
         reply = await self.route.request("submit", order.id)
         if reply is not None and "order" in reply:
             return OrderOut.model_validate(reply["order"])
         log.warning("no answer from the paper exchange; outcome unknown", order_id=str(order.id), reply=reply)
         return await self._mark_unknown(order)
 
-    async def _mark_unknown(self, order: Order) -> OrderOut:
+    async def _mark_unknown(self, order: OrderRow) -> OrderOut:
         """Unknown, unless the venue answered meanwhile (a late answer wins: it is what happened)."""
-        changes = Changes()
         async with self.database.system_session() as session:
             row = await session.get(Order, order.id, with_for_update=True)
             if row is None:
                 return OrderOut.model_validate(order)
-            if row.status == OrderStatus.PENDING.value:
+            changed = row.status == OrderStatus.PENDING.value
+            if changed:
                 row.status = transition(OrderStatus(row.status), OrderStatus.UNKNOWN).value
-                changes.orders[row.id] = row
-                changes.users.add(row.user_id)
-        await self.applier.publish_changes(changes)
+        if changed:  # as committed (with its new updated_at)
+            await self.applier.publish_changes(Changes(orders={row.id: row_of(OrderRow, row)}, users={row.user_id}))
         return OrderOut.model_validate(row)
 
     # --- the process that works paper orders (the market-data leader) ---------------------------------------
@@ -345,9 +348,10 @@ class OrderManagementService:
     async def work(self, op: str, order_id: uuid.UUID) -> dict[str, Any]:
         """Another worker's request: submit or cancel one stored order here; answers with the order as stored."""
         async with self.database.system_session(read_only=True) as session:
-            row = await session.get(Order, order_id)
-        if row is None:
+            stored = await session.get(Order, order_id)
+        if stored is None:
             return {"error": "not_found", "detail": f"order {order_id} not found"}
+        row: Order | OrderRow = stored
         if op == "submit":
             if row.status in (OrderStatus.PENDING.value, OrderStatus.UNKNOWN.value) and not self.paper.is_working(
                 row.symbol, str(row.id)
@@ -355,7 +359,7 @@ class OrderManagementService:
                 changes = await self.applier.apply(await self.paper.submit(row.symbol, _request(row)))
                 row = changes.orders.get(row.id, row)
         elif op == "cancel":
-            row = await self._cancel_here(row)
+            row = await self._cancel_here(stored)
         else:
             return {"error": "bad_request", "detail": f"unknown operation {op!r}"}
         return {"order": OrderOut.model_validate(row).model_dump(mode="json")}
@@ -427,7 +431,7 @@ class OrderManagementService:
             raise OrderNotCancelable(f"order {order_id} is {done.status}: only a working order can be cancelled")
         return done
 
-    async def _cancel_here(self, order: Order) -> Order:
+    async def _cancel_here(self, order: Order) -> Order | OrderRow:
         if self.paper.is_working(order.symbol, str(order.id)):
             events = await self.paper.cancel(order.symbol, str(order.id))
         else:
@@ -557,7 +561,7 @@ class OrderManagementService:
         return sum(len(o) for o in restorable.values())
 
 
-def _request(order: Order) -> OrderRequest:
+def _request(order: Order | OrderRow) -> OrderRequest:
     return OrderRequest(
         order_id=str(order.id),
         side=OrderSide(order.side),

@@ -19,7 +19,8 @@ from sqlalchemy import ColumnElement, Integer, literal_column, select
 
 from cival.core.db import Database
 from cival.database.driver_sql import DriverInsert, DriverStatement, DriverTx, Target
-from cival.database.models import Balance, Order, PortfolioSnapshot, Position, Trade, TradingAccount, new_row
+from cival.database.models import Balance, Order, PortfolioSnapshot, Position, Trade, TradingAccount
+from cival.database.rows import BalanceRow, OrderRow, PositionRow, TradeRow
 from cival.domain import portfolio as pf
 from cival.models.trading_models import PortfolioBalanceOut, PositionOut, SnapshotOut, SummaryOut
 
@@ -33,7 +34,7 @@ def stored(value: Decimal) -> Decimal:
     return value.quantize(_EIGHT, rounding=ROUND_HALF_EVEN)
 
 
-def _store(row: Balance, value: pf.Balance) -> None:
+def _store(row: BalanceRow, value: pf.Balance) -> None:
     row.free, row.locked, row.total = value.free, value.locked, value.total
 
 
@@ -150,7 +151,7 @@ async def lock_funds(tx: DriverTx, keys: Collection[FundsKey]) -> dict[FundsKey,
     return found
 
 
-def reserve(order: Order, asset: str, amount: Decimal, row: Balance) -> None:
+def reserve(order: OrderRow, asset: str, amount: Decimal, row: BalanceRow) -> None:
     """Reserve `amount` of `asset` for the new `order` out of `row` (its balance, locked by the caller's transaction;
     a row not stored yet starts at zero). Raises `pf.InsufficientFunds`, changing nothing."""
     _store(row, pf.reserve(pf.Balance(asset, row.free, row.locked), amount))
@@ -158,7 +159,7 @@ def reserve(order: Order, asset: str, amount: Decimal, row: Balance) -> None:
 
 
 async def write_new_orders(
-    tx: DriverTx, orders: Collection[Order], balances: Collection[Balance], created: Collection[uuid.UUID]
+    tx: DriverTx, orders: Collection[OrderRow], balances: Collection[BalanceRow], created: Collection[uuid.UUID]
 ) -> None:
     """Insert a batch of new orders and write the balances their reservations changed (inserted when their id is in
     `created`): one driver call per kind of write."""
@@ -168,10 +169,10 @@ async def write_new_orders(
 
 async def write_changes(
     tx: Target,
-    orders: Collection[Order],
-    trades: Collection[Trade],
-    positions: Collection[Position],
-    balances: Collection[Balance],
+    orders: Collection[OrderRow],
+    trades: Collection[TradeRow],
+    positions: Collection[PositionRow],
+    balances: Collection[BalanceRow],
     created: Collection[uuid.UUID],
 ) -> None:
     """Write what applying a batch of venue events changed, in the caller's transaction, on the driver's connection
@@ -214,7 +215,7 @@ async def write_changes(
     await _write_balances(tx, balances, created)
 
 
-async def _write_balances(tx: Target, balances: Collection[Balance], created: Collection[uuid.UUID]) -> None:
+async def _write_balances(tx: Target, balances: Collection[BalanceRow], created: Collection[uuid.UUID]) -> None:
     """Stamp `balances` as changed now and write them: inserted when their id is in `created`, updated otherwise."""
     now = datetime.now(UTC)
     for b in balances:
@@ -230,9 +231,9 @@ async def _write_balances(tx: Target, balances: Collection[Balance], created: Co
     )
 
 
-def new_balance(user_id: uuid.UUID, account: uuid.UUID, asset: str, exchange: str) -> Balance:
-    return new_row(
-        Balance,
+def new_balance(user_id: uuid.UUID, account: uuid.UUID, asset: str, exchange: str) -> BalanceRow:
+    """A balance of zero, to insert (its `updated_at` is stamped when written)."""
+    return BalanceRow(
         id=uuid.uuid4(),
         user_id=user_id,
         account_id=account,
@@ -240,26 +241,31 @@ def new_balance(user_id: uuid.UUID, account: uuid.UUID, asset: str, exchange: st
         free=Decimal(0),
         locked=Decimal(0),
         total=Decimal(0),
+        usd_value=None,
         exchange=exchange,
+        updated_at=datetime.now(UTC),
     )
 
 
-def new_position(order: Order) -> Position:
+def new_position(order: OrderRow) -> PositionRow:
+    """A flat position in `order`'s symbol and account, to insert (`settle_fill` stamps its `updated_at`)."""
     if order.account_id is None:
         raise ValueError(f"order {order.id} has no account")
-    return new_row(
-        Position,
+    return PositionRow(
         id=uuid.uuid4(),
         user_id=order.user_id,
         account_id=order.account_id,
         symbol=order.symbol,
         size=Decimal(0),
         average_price=Decimal(0),
+        market_value=None,
+        unrealized_pnl=None,
         exchange=order.exchange,
+        updated_at=order.updated_at,
     )
 
 
-def release(order: Order, row: Balance) -> None:
+def release(order: OrderRow, row: BalanceRow) -> None:
     """Return what `order` still holds to free (on cancel, reject, or a completed fill's surplus); `row` is the
     balance of the asset the order reserved, locked by the caller's transaction."""
     _store(row, pf.release(pf.Balance(row.asset, row.free, row.locked), order.reserved))
@@ -267,7 +273,7 @@ def release(order: Order, row: Balance) -> None:
 
 
 def settle_fill(
-    order: Order, trade: Trade, is_complete: bool, base: Balance, quote: Balance, position: Position
+    order: OrderRow, trade: TradeRow, is_complete: bool, base: BalanceRow, quote: BalanceRow, position: PositionRow
 ) -> None:
     """Settle one fill on rows the caller's transaction locked: balances out of the order's reservation (a buy's is
     in quote: cost and fee; a sell's in base: the quantity), then the position."""

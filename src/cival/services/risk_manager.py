@@ -53,6 +53,7 @@ from cival.database.models import (
     TradingLimit,
     User,
 )
+from cival.database.rows import OrderRow
 from cival.database.types import UTCDateTime
 from cival.domain import risk
 from cival.domain.instruments import Instrument
@@ -196,7 +197,7 @@ class Loaded:
         start = risk.start_of_day_value(self.previous_snapshot, self.account_openings, deposit_per_account)
         return risk.Standing(self.positions, tuple(self.working), self.balances, start)
 
-    def accept(self, order: Order) -> None:
+    def accept(self, order: OrderRow) -> None:
         """Count `order`, just accepted, as working: the next order judged on this standing sees it."""
         self.working.append(
             risk.WorkingOrder(order.account_id, order.symbol, order.side, order.quantity, order.reserved)
@@ -347,7 +348,7 @@ def platform_principal(user: User) -> Principal:
     return Principal(user_id=user.id, email=user.email, role=user.role, session_id=uuid.UUID(int=0))
 
 
-def refusal_alert(order: Order, refusal: RiskRefused) -> RiskAlert:
+def refusal_alert(order: OrderRow, refusal: RiskRefused) -> RiskAlert:
     """The alert for a refused order, to be written in the transaction that stores the order (`write_alerts`)."""
     return RiskAlert(
         id=uuid.uuid4(),
@@ -412,7 +413,7 @@ class RiskGate:
 
     async def check(
         self,
-        order: Order,
+        order: OrderRow,
         instrument: Instrument,
         reference_price: Decimal | None,
         tx: DriverTx | None = None,
@@ -440,7 +441,7 @@ class RiskGate:
 
     async def judge(
         self,
-        order: Order,
+        order: OrderRow,
         instrument: Instrument,
         reference_price: Decimal | None,
         loaded: Loaded,
