@@ -7,17 +7,29 @@ are encoded and decoded with the columns' own SQLAlchemy types (their bind and r
 a row written here is byte for byte what the ORM writes, and a value that does not fit its column is refused the same
 way (`DecimalPrecisionError`). Driver errors surface as the ORM would raise them: a constraint violation as
 `IntegrityError`, a SQLite operational error as `OperationalError`.
+
+Writes of whole batches of rows (`DriverInsert`, `DriverUpdate`) whose results nothing reads are deferred on
+PostgreSQL, in a transaction `Database.driver_transaction` opened (D53): each becomes ONE statement that carries its
+rows as one JSON document (`jsonb_to_recordset`), and they go to the server together with the COMMIT, in one round
+trip, or before the next statement of the transaction that reads or writes (`DriverTx.flush`), so every statement
+sees the writes before it. The document is dollar-quoted with a tag it does not contain: nothing in it is escaped or
+interpreted, whatever the values hold.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
+import uuid
 from collections import namedtuple
 from collections.abc import Callable, Sequence
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, Numeric
+from sqlalchemy import JSON, ColumnElement, FromClause, Numeric
+from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,15 +45,39 @@ _DRIVER_KEY = "cival.driver_connection"
 class DriverTx:
     """Where driver statements run: a driver connection inside a transaction, and its dialect.
 
-    `Database.driver_transaction` opens one with no SQLAlchemy session at all (the order path, D42); a statement
-    given an `AsyncSession` instead runs on that session's connection, inside its transaction.
+    `Database.driver_transaction` opens one with no SQLAlchemy session at all (the order path, D42), which may defer
+    writes on PostgreSQL (`defers`, D53) and ends with `commit`; a statement given an `AsyncSession` instead runs on
+    that session's connection, inside its transaction, and defers nothing (the session commits, not this).
     """
 
-    __slots__ = ("driver", "dialect")
+    __slots__ = ("driver", "dialect", "defers", "deferred")
 
-    def __init__(self, driver: Any, dialect: Dialect) -> None:
+    def __init__(self, driver: Any, dialect: Dialect, *, defers: bool = False) -> None:
         self.driver = driver
         self.dialect = dialect
+        self.defers = defers and dialect.driver == "asyncpg"
+        self.deferred: list[str] = []  # statements to send before the next one, or with the COMMIT
+
+    async def flush(self) -> None:
+        """Send the deferred writes now: before a statement of the same transaction, which must see them."""
+        if self.deferred:
+            script, self.deferred = "; ".join(self.deferred), []
+            await _run_script(self.driver, script)
+
+    async def commit(self) -> None:
+        """COMMIT, in the same round trip as the writes still deferred."""
+        script, self.deferred = "; ".join([*self.deferred, "COMMIT"]), []
+        await _run_script(self.driver, script)
+
+
+async def _run_script(driver: Any, script: str) -> None:
+    """Statements without parameters, in one round trip (the simple query protocol: asyncpg's `execute` with no
+    arguments; SQLite only ever sends COMMIT this way); errors raised as SQLAlchemy's."""
+    try:
+        await driver.execute(script)
+    except Exception as exc:
+        _raise_as_sqlalchemy(exc, script, ())
+        raise
 
 
 Target = DriverTx | AsyncSession
@@ -183,6 +219,7 @@ class DriverStatement:
     async def fetch(self, target: Target, **values: Any) -> list[tuple[Any, ...]]:
         """Run in `target`'s transaction; the rows, decoded."""
         tx = await driver_tx(target)
+        await tx.flush()
         compiled, values = self._compile(tx.dialect, values)
         rows = await compiled.fetch(tx.driver, compiled.bind(values))
         return [tuple(compiled.decode(row)) for row in rows]
@@ -190,6 +227,7 @@ class DriverStatement:
     async def execute(self, target: Target, **values: Any) -> None:
         """Run in `target`'s transaction, for its effect."""
         tx = await driver_tx(target)
+        await tx.flush()
         compiled, values = self._compile(tx.dialect, values)
         await compiled.execute(tx.driver, compiled.bind(values))
 
@@ -200,6 +238,7 @@ class DriverStatement:
         if self._lists:
             raise ValueError("execute_many cannot bind lists")
         tx = await driver_tx(target)
+        await tx.flush()
         compiled, _ = self._compile(tx.dialect, rows[0])
         await compiled.execute_many(tx.driver, [compiled.bind(values) for values in rows])
 
@@ -242,6 +281,7 @@ class DriverQuery:
 
     async def fetch(self, target: Target, **values: Any) -> list[Any]:
         tx = await driver_tx(target)
+        await tx.flush()
         compiled, fixed, row = self._compile(tx.dialect)
         records = await compiled.fetch(tx.driver, compiled.bind(fixed | values))
         return [row(*compiled.decode(record)) for record in records]
@@ -272,26 +312,76 @@ class DriverRows:
         return [row(*fetched) for fetched in await self.statement.fetch(target, **values)]
 
 
-class DriverInsert:
-    """`INSERT` of one whole row of `table`, from a mapped object: what the ORM would insert for it."""
+class _RowsWrite:
+    """A write of whole batches of rows read from objects (attributes named as the columns' keys): one statement per
+    row (`execute_many`) on SQLite or on a session's connection; deferred as ONE statement for all of them on
+    PostgreSQL in a transaction that defers (D53), its rows in one JSON document of arrays: `template` with `{rows}`
+    where the rows go, read from the document as `x`, one column per value, typed as the table types it."""
 
-    def __init__(self, table: FromClause) -> None:
-        self.columns = list(table.columns)
-        names = ", ".join(c.name for c in self.columns)
-        values = ", ".join(f":{c.key}" for c in self.columns)
-        # Names from the table's definition, values bound: nothing from input reaches the text.
-        sql = f"INSERT INTO {table.description} ({names}) VALUES ({values})"  # noqa: S608
-        self.statement = DriverStatement(sql, {c.key: c for c in self.columns})
-
-    async def row(self, target: Target, obj: Any) -> None:
-        await self.statement.execute(target, **self._values(obj))
+    def __init__(self, columns: Sequence[Any], statement: DriverStatement, template: str) -> None:
+        self.columns = list(columns)
+        self.keys = [c.key for c in self.columns]
+        self.statement = statement
+        pg = PGDialect()  # type: ignore[no-untyped-call]
+        values = ", ".join(
+            f"r -> {i} AS {c.name}"
+            if isinstance(c.type, JSON)
+            else f"CAST(r ->> {i} AS {c.type.compile(dialect=pg)}) AS {c.name}"
+            for i, c in enumerate(self.columns)
+        )
+        # Names and types from the table's definition; the rows come as one literal (`_dollar_quoted`).
+        rows = f"(SELECT {values} FROM jsonb_array_elements(CAST({{document}} AS jsonb)) AS r) AS x"  # noqa: S608
+        self._template = template.replace("{rows}", rows)
+        self._encoders: list[Processor] | None = None
 
     async def rows(self, target: Target, objs: Sequence[Any]) -> None:
-        await self.statement.execute_many(target, [self._values(obj) for obj in objs])
+        if not objs:
+            return
+        rows = [self._values(obj) for obj in objs]
+        tx = await driver_tx(target)
+        if tx.defers:
+            tx.deferred.append(self._deferred(rows, tx.dialect))
+        else:
+            keys = self.keys
+            await self.statement.execute_many(tx, [dict(zip(keys, row, strict=True)) for row in rows])
 
-    def _values(self, obj: Any) -> dict[str, Any]:
-        """The row's values by column key (an unset column takes its Python default, set on `obj` too)."""
-        values = {}
+    def _values(self, obj: Any) -> list[Any]:
+        return [getattr(obj, key) for key in self.keys]
+
+    def _deferred(self, rows: list[list[Any]], dialect: Dialect) -> str:
+        encoders = self._encoders
+        if encoders is None:
+            encoders = self._encoders = [_json_encoder(c.type, dialect) for c in self.columns]
+        document = _DOCUMENT.encode(
+            [
+                [
+                    value if encode is None or value is None else encode(value)
+                    for encode, value in zip(encoders, row, strict=True)
+                ]
+                for row in rows
+            ]
+        )
+        return self._template.format(document=_dollar_quoted(document))
+
+
+class DriverInsert(_RowsWrite):
+    """`INSERT` of whole rows of `table`, from objects (plain rows, or mapped objects): what the ORM would insert."""
+
+    def __init__(self, table: FromClause) -> None:
+        columns = list(table.columns)
+        names = ", ".join(c.name for c in columns)
+        values = ", ".join(f":{c.key}" for c in columns)
+        # Names from the table's definition, values bound: nothing from input reaches the text.
+        sql = f"INSERT INTO {table.description} ({names}) VALUES ({values})"  # noqa: S608
+        template = f"INSERT INTO {table.description} ({names}) SELECT {names} FROM {{rows}}"  # noqa: S608
+        super().__init__(columns, DriverStatement(sql, {c.key: c for c in columns}), template)
+
+    async def row(self, target: Target, obj: Any) -> None:
+        await self.rows(target, [obj])
+
+    def _values(self, obj: Any) -> list[Any]:
+        """The row's values in column order (an unset column takes its Python default, set on `obj` too)."""
+        values = []
         for column in self.columns:
             value = getattr(obj, column.key)
             default = column.default
@@ -299,8 +389,63 @@ class DriverInsert:
                 # An unset attribute takes the column's Python default, as in an ORM flush.
                 value = default.arg(None) if default.is_callable else default.arg
                 setattr(obj, column.key, value)
-            values[column.key] = value
+            values.append(value)
         return values
+
+
+class DriverUpdate(_RowsWrite):
+    """`UPDATE table SET <columns> WHERE <key> = ...` for each of a batch of objects, from their attributes."""
+
+    def __init__(self, table: FromClause, columns: Sequence[str], key: str = "id") -> None:
+        c = table.columns
+        assigned = ", ".join(f"{c[name].name} = :{name}" for name in columns)
+        # Names from the table's definition and the caller's constants, values bound.
+        sql = f"UPDATE {table.description} SET {assigned} WHERE {c[key].name} = :{key}"  # noqa: S608
+        from_rows = ", ".join(f"{c[name].name} = x.{c[name].name}" for name in columns)
+        template = (
+            f"UPDATE {table.description} SET {from_rows} FROM {{rows}} "  # noqa: S608
+            f"WHERE {table.description}.{c[key].name} = x.{c[key].name}"
+        )
+        names = [*columns, key]
+        super().__init__([c[name] for name in names], DriverStatement(sql, {name: c[name] for name in names}), template)
+
+
+def _json_text(value: Any) -> Any:
+    """A value as the JSON document carries it: what the JSON encoder knows as it is, the rest as the text its
+    column's type reads back exactly."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    raise TypeError(f"cannot write a {type(value).__name__} in a deferred row")
+
+
+def _json_encoder(type_: Any, dialect: Dialect) -> Processor:
+    """How a column's value goes into the document: through the column's bind processor (which checks it: an
+    inexact decimal is refused as on every other path), then as `_json_text`. A JSON column's value goes as it is
+    (its processor would make it a JSON string); text, booleans and integers need nothing."""
+    if isinstance(type_, JSON):
+        return None
+    process = type_._cached_bind_processor(dialect)
+    if process is None:
+        return None if type_.python_type in (str, bool, int) else _json_text
+    return lambda value: _json_text(process(value))
+
+
+_DOCUMENT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _dollar_quoted(text: str) -> str:
+    """`text` as a dollar-quoted literal whose tag it does not contain: taken exactly as it is, nothing escaped."""
+    tag, n = "$cival$", 0
+    while (text + tag).find(tag) != len(text):  # the first tag after the opening one must be the closing one
+        n += 1
+        tag = f"$cival{n}$"
+    return f"{tag}{text}{tag}"
 
 
 async def driver_tx(target: Target) -> DriverTx:
@@ -314,7 +459,7 @@ async def driver_tx(target: Target) -> DriverTx:
         return known[1]  # type: ignore[no-any-return]
     connection = await target.connection()
     raw = await connection.get_raw_connection()
-    tx = DriverTx(raw.driver_connection, connection.dialect)
+    tx = DriverTx(raw.driver_connection, connection.dialect)  # the session commits: nothing is deferred
     target.info[_DRIVER_KEY] = (target.sync_session.get_transaction(), tx)
     return tx
 

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import ColumnElement, Integer, literal_column, select
 
 from cival.core.db import Database
-from cival.database.driver_sql import DriverInsert, DriverStatement, DriverTx, Target
+from cival.database.driver_sql import DriverInsert, DriverStatement, DriverTx, DriverUpdate, Target
 from cival.database.models import Balance, Order, PortfolioSnapshot, Position, Trade, TradingAccount
 from cival.database.rows import BalanceRow, OrderRow, PositionRow, TradeRow
 from cival.domain import portfolio as pf
@@ -78,37 +78,16 @@ _LOCK_FUNDS = DriverStatement(
 """PostgreSQL, every (user, account, asset) of a batch in one statement: the balances are locked in id order (as
 the fill batch locks them: two transactions never wait on each other in a cycle), the accounts checked as the
 user's."""
-_SET_BALANCE = DriverStatement(
-    "UPDATE balances SET free = :free, locked = :locked, total = :total, updated_at = :updated_at WHERE id = :id",
-    {"free": _B.free, "locked": _B.locked, "total": _B.total, "updated_at": _B.updated_at, "id": _B.id},
-)
+_SET_BALANCE = DriverUpdate(Balance.__table__, ("free", "locked", "total", "updated_at"))
 _INSERT_BALANCE = DriverInsert(Balance.__table__)
 _INSERT_ORDER = DriverInsert(Order.__table__)
-_O = Order.__table__.c
-_UPDATE_ORDER = DriverStatement(
-    "UPDATE orders SET status = :status, filled_quantity = :filled_quantity, average_price = :average_price, "
-    "fees = :fees, reserved = :reserved, reject_reason = :reject_reason, triggered_at = :triggered_at, "
-    "updated_at = :updated_at WHERE id = :id",
-    {
-        name: _O[name]
-        for name in (
-            "status",
-            "filled_quantity",
-            "average_price",
-            "fees",
-            "reserved",
-            "reject_reason",
-            "triggered_at",
-            "updated_at",
-            "id",
-        )
-    },
+_UPDATE_ORDER = DriverUpdate(
+    Order.__table__,
+    ("status", "filled_quantity", "average_price", "fees", "reserved", "reject_reason", "triggered_at", "updated_at"),
 )
 _P = Position.__table__.c
-_UPDATE_POSITION = DriverStatement(
-    "UPDATE positions SET size = :size, average_price = :average_price, market_value = :market_value, "
-    "unrealized_pnl = :unrealized_pnl, updated_at = :updated_at WHERE id = :id",
-    {name: _P[name] for name in ("size", "average_price", "market_value", "unrealized_pnl", "updated_at", "id")},
+_UPDATE_POSITION = DriverUpdate(
+    Position.__table__, ("size", "average_price", "market_value", "unrealized_pnl", "updated_at")
 )
 _INSERT_POSITION = DriverInsert(Position.__table__)
 _INSERT_TRADE = DriverInsert(Trade.__table__)
@@ -178,40 +157,10 @@ async def write_changes(
     """Write what applying a batch of venue events changed, in the caller's transaction, on the driver's connection
     (D38): the changed orders, the new trades, and the positions and balances (inserted when their id is in
     `created`, updated otherwise; the caller loaded and locked those). One driver call per kind of write."""
-    await _UPDATE_ORDER.execute_many(
-        tx,
-        [
-            {
-                "status": o.status,
-                "filled_quantity": o.filled_quantity,
-                "average_price": o.average_price,
-                "fees": o.fees,
-                "reserved": o.reserved,
-                "reject_reason": o.reject_reason,
-                "triggered_at": o.triggered_at,
-                "updated_at": o.updated_at,
-                "id": o.id,
-            }
-            for o in orders
-        ],
-    )
+    await _UPDATE_ORDER.rows(tx, list(orders))
     await _INSERT_TRADE.rows(tx, list(trades))
     await _INSERT_POSITION.rows(tx, [p for p in positions if p.id in created])
-    await _UPDATE_POSITION.execute_many(
-        tx,
-        [
-            {
-                "size": p.size,
-                "average_price": p.average_price,
-                "market_value": p.market_value,
-                "unrealized_pnl": p.unrealized_pnl,
-                "updated_at": p.updated_at,
-                "id": p.id,
-            }
-            for p in positions
-            if p.id not in created
-        ],
-    )
+    await _UPDATE_POSITION.rows(tx, [p for p in positions if p.id not in created])
     await _write_balances(tx, balances, created)
 
 
@@ -221,14 +170,7 @@ async def _write_balances(tx: Target, balances: Collection[BalanceRow], created:
     for b in balances:
         b.updated_at = now
     await _INSERT_BALANCE.rows(tx, [b for b in balances if b.id in created])
-    await _SET_BALANCE.execute_many(
-        tx,
-        [
-            {"free": b.free, "locked": b.locked, "total": b.total, "updated_at": b.updated_at, "id": b.id}
-            for b in balances
-            if b.id not in created
-        ],
-    )
+    await _SET_BALANCE.rows(tx, [b for b in balances if b.id not in created])
 
 
 def new_balance(user_id: uuid.UUID, account: uuid.UUID, asset: str, exchange: str) -> BalanceRow:

@@ -1,0 +1,193 @@
+"""Writes deferred to the COMMIT (database/driver_sql.py, D53): on PostgreSQL a driver transaction's batch writes go
+to the server with its COMMIT, in one round trip, or before its next statement; what is stored is exactly what the
+ORM stores, a read in the transaction sees them, a failing one fails the whole transaction, and no value can break
+out of the literal that carries them. On SQLite the same calls write at once, and every assertion on the stored
+rows holds alike."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cival.core.db import Database
+from cival.database.driver_sql import DriverInsert, DriverStatement, DriverUpdate, _dollar_quoted
+from cival.database.models import Order
+from tests.api._identity import Identities
+
+ORDERS = Order.__table__.c
+INSERT_ORDER = DriverInsert(Order.__table__)
+UPDATE_ORDER = DriverUpdate(Order.__table__, ("status", "reject_reason", "fees", "updated_at"))
+READ_ORDER = DriverStatement(
+    "SELECT status, reject_reason, fees FROM orders WHERE id = :id",
+    {"id": ORDERS.id},
+    [ORDERS.status, ORDERS.reject_reason, ORDERS.fees],
+)
+NASTY = [
+    "it's",
+    "'; DROP TABLE orders; --",
+    "$cival$",
+    "ends with $cival",
+    "$cival$ and $cival1$ and $cival2$",
+    "$$",
+    'back\\slash \\u0000 \\" and "quotes" {"json": [1, 2]}',
+    "newline\nand\ttab",
+    "ünïcødé ✓ 𝄞 🚀",
+    "E'\\x41'",
+]
+
+
+async def _account(ids: Identities) -> tuple[uuid.UUID, uuid.UUID]:
+    user = await ids.new_user()
+    response = await user.post("/api/v1/accounts", json={"exchange": "paper"})
+    assert response.status_code == 201, response.text
+    return user.id, uuid.UUID(response.json()["id"])
+
+
+def _order(user_id: uuid.UUID, account_id: uuid.UUID, client_order_id: str) -> Order:
+    now = datetime(2026, 11, 27, 1, 2, 3, 456789, tzinfo=UTC)
+    return Order(
+        id=uuid.uuid4(),
+        user_id=user_id,
+        account_id=account_id,
+        client_order_id=client_order_id,
+        symbol="BTC/USDT",
+        side="buy",
+        type="limit",
+        quantity=Decimal("0.00012345"),
+        price=Decimal("64123.12345678"),
+        stop_price=None,
+        time_in_force="GTC",
+        post_only=True,
+        status="pending",
+        filled_quantity=Decimal(0),
+        fees=Decimal(0),
+        reserved=Decimal("7.91616000"),
+        exchange="paper",
+        created_at=now,
+        updated_at=now,
+    )
+
+
+async def _stored(owner_engine: AsyncEngine, order_id: uuid.UUID, is_sqlite: bool) -> dict[str, Any]:
+    key = order_id.hex if is_sqlite else order_id
+    async with owner_engine.connect() as conn:
+        row = (await conn.execute(text("SELECT * FROM orders WHERE id = :id"), {"id": key})).mappings().one()
+    return {k: v for k, v in row.items() if k not in ("id", "client_order_id")}
+
+
+async def test_deferred_rows_are_stored_as_the_orm_stores_them(
+    ids: Identities, db: Database, owner_engine: AsyncEngine
+) -> None:
+    user_id, account_id = await _account(ids)
+    by_orm, deferred = _order(user_id, account_id, "orm"), _order(user_id, account_id, "deferred")
+    async with db.session(user_id) as session:
+        session.add(by_orm)
+    async with db.driver_transaction(user_id) as tx:
+        await INSERT_ORDER.rows(tx, [deferred])
+        assert len(tx.deferred) == (0 if db.is_sqlite else 1)  # PostgreSQL: waiting for the COMMIT
+    assert await _stored(owner_engine, deferred.id, db.is_sqlite) == await _stored(
+        owner_engine, by_orm.id, db.is_sqlite
+    )
+
+
+async def test_a_statement_in_the_transaction_sees_the_writes_before_it(ids: Identities, db: Database) -> None:
+    user_id, account_id = await _account(ids)
+    order = _order(user_id, account_id, "seen")
+    async with db.driver_transaction(user_id) as tx:
+        await INSERT_ORDER.rows(tx, [order])
+        order.status, order.fees = "cancelled", Decimal("0.00000001")
+        await UPDATE_ORDER.rows(tx, [order])
+        assert await READ_ORDER.fetch(tx, id=order.id) == [("cancelled", None, Decimal("0.00000001"))]
+        assert tx.deferred == []  # sent before the read
+
+
+async def test_writes_and_commit_go_in_one_round_trip_on_postgresql(ids: Identities, db: Database) -> None:
+    user_id, account_id = await _account(ids)
+    orders = [_order(user_id, account_id, f"trip-{i}") for i in range(3)]
+    sent: list[str] = []
+    async with db.driver_transaction(user_id) as tx:
+        real = tx.driver
+
+        class Counting:  # the real connection, its simple-protocol calls counted
+            async def execute(self, query: str, *args: Any) -> Any:
+                sent.append(query)
+                return await real.execute(query, *args)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+        tx.driver = Counting()
+        await INSERT_ORDER.rows(tx, orders)
+        for o in orders:
+            o.status = "cancelled"
+        await UPDATE_ORDER.rows(tx, orders)
+    if db.is_sqlite:
+        assert sent[-1] == "COMMIT"
+    else:
+        assert len(sent) == 1  # the insert, the update and the COMMIT
+        assert sent[0].startswith("INSERT INTO orders")
+        assert sent[0].endswith("COMMIT")
+    async with db.session(user_id, read_only=True) as session:
+        statuses = (await session.scalars(select(Order.status).where(Order.client_order_id.like("trip-%")))).all()
+    assert statuses == ["cancelled"] * 3
+
+
+async def test_a_failing_deferred_write_fails_the_transaction_and_nothing_of_it_is_stored(
+    ids: Identities, db: Database
+) -> None:
+    user_id, account_id = await _account(ids)
+    first = _order(user_id, account_id, "taken")
+    async with db.driver_transaction(user_id) as tx:
+        await INSERT_ORDER.rows(tx, [first])
+    written_at_once = _order(user_id, account_id, "at-once")
+    clash = [_order(user_id, account_id, "fresh"), _order(user_id, account_id, "taken")]
+
+    async def clashing() -> None:
+        async with db.driver_transaction(user_id) as tx:
+            await INSERT_ORDER.rows(tx, [written_at_once])
+            await READ_ORDER.fetch(tx, id=written_at_once.id)  # sends it (PostgreSQL) before the clash is deferred
+            await INSERT_ORDER.rows(tx, clash)
+
+    with pytest.raises(IntegrityError):
+        await clashing()
+    async with db.session(user_id, read_only=True) as session:
+        found = (await session.scalars(select(Order.client_order_id).where(Order.user_id == user_id))).all()
+    assert found == ["taken"]
+
+
+async def test_any_text_is_stored_exactly(ids: Identities, db: Database) -> None:
+    user_id, account_id = await _account(ids)
+    orders = [_order(user_id, account_id, f"text-{i}") for i in range(len(NASTY))]
+    async with db.driver_transaction(user_id) as tx:
+        await INSERT_ORDER.rows(tx, orders)
+    for order, reason in zip(orders, NASTY, strict=True):
+        order.status, order.reject_reason = "rejected", reason
+    async with db.driver_transaction(user_id) as tx:
+        await UPDATE_ORDER.rows(tx, orders)
+    async with db.driver_transaction(user_id) as tx:
+        stored = [(await READ_ORDER.fetch(tx, id=o.id))[0][1] for o in orders]
+    assert stored == NASTY
+
+
+@given(st.text())
+def test_a_dollar_quoted_literal_reads_back_as_its_text(value: str) -> None:
+    # As PostgreSQL reads one: the opening tag runs to its second `$`, the body to the first closing tag after it.
+    quoted = _dollar_quoted(value)
+    tag = quoted[: quoted.index("$", 1) + 1]
+    assert quoted.endswith(tag)
+    assert quoted[len(tag) : quoted.index(tag, len(tag))] == value
+
+
+def test_the_tag_changes_when_the_text_would_close_it_early() -> None:
+    assert _dollar_quoted("plain") == "$cival$plain$cival$"
+    assert _dollar_quoted("has $cival$ inside") == "$cival1$has $cival$ inside$cival1$"
+    assert _dollar_quoted("ends with $cival") == "$cival1$ends with $cival$cival1$"
