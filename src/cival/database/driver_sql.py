@@ -35,6 +35,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cival.database.rows import MODELS
+from cival.database.types import ExactDecimal, UTCDateTime
 
 _PLACEHOLDER = re.compile(r":(\w+(?:\[\d+\])?)")
 _ANY = re.compile(r"= ANY\(:(\w+)\)")
@@ -427,11 +428,20 @@ def _json_text(value: Any) -> Any:
 def _json_encoder(type_: Any, dialect: Dialect) -> Processor:
     """How a column's value goes into the document: through the column's bind processor (which checks it: an
     inexact decimal is refused as on every other path), then as `_json_text`. A JSON column's value goes as it is
-    (its processor would make it a JSON string); text, booleans and integers need nothing."""
+    (its processor would make it a JSON string); text, booleans and integers need nothing. The order path's own
+    types take the shortest way to the same text (a deferred batch encodes every value of every row)."""
     if isinstance(type_, JSON):
         return None
+    if isinstance(type_, ExactDecimal) and dialect.name == "postgresql":
+        check = type_.check  # what its bind processor does on PostgreSQL
+
+        return lambda value: format(check(value), "f")
     process = type_._cached_bind_processor(dialect)
+    if isinstance(type_, UTCDateTime):
+        return lambda value: process(value).isoformat()
     if process is None:
+        if type_.python_type is uuid.UUID:
+            return str
         return None if type_.python_type in (str, bool, int) else _json_text
     return lambda value: _json_text(process(value))
 
