@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    text,
     true,
 )
 from sqlalchemy import false as sql_false
@@ -146,12 +147,19 @@ class TradingPair(Base):
     created_at: Mapped[datetime] = _created_at()
 
 
+WORKING_ORDERS = text("status IN ('pending', 'partial', 'unknown')")
+"""The orders still working (not filled, cancelled or rejected): `idx_orders_user_working`'s predicate."""
+
+
 class Order(Base):
     __tablename__ = "orders"
     __table_args__ = (
         Index("idx_orders_user_status", "user_id", "status"),
         # Beyond the spec (0004, D18): one order per client id and user, so a retried placement finds it.
         Index("idx_orders_user_client_order_id", "user_id", "client_order_id", unique=True),
+        # Beyond the spec (0006, D54): the gate reads a user's working orders for every batch; this keeps that read
+        # to those orders, however long the user's history (`WORKING_ORDERS` must stay the non-terminal statuses).
+        Index("idx_orders_user_working", "user_id", postgresql_where=WORKING_ORDERS, sqlite_where=WORKING_ORDERS),
     )
 
     id: Mapped[uuid.UUID] = _id()
