@@ -11,7 +11,9 @@ the applier's transactions, whatever they hold) and a part per order:
 
 Beside it, the ceiling: the raw client's own CPU per transaction for the same writes in one transaction (as in
 `benchmarks/orders.py`), same database, same run. CPU time rather than wall time: other load on the machine moves it
-less (still ±5-10% between runs here: compare runs made one after another).
+less (still ±5-10% between runs here: compare runs made one after another). The eight-client run's wall time per
+order is printed too and, on the standard event loop (`PLAIN_HTTP=1`; uvloop does not show it), how much of it the
+loop spent blocked in its selector: waiting, with nothing to run (for the database, since nothing else is here).
 
 Run: `.venv/bin/python -m benchmarks.order_path` (SQLite), with `CIVAL_BENCH_DATABASE_URL=postgresql://...` for
 PostgreSQL (a scratch database, dropped after). `ORDERS=` per run (3000), `CLIENTS=` the larger run's clients (8).
@@ -25,6 +27,7 @@ import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.orders import BENCH_DB, QUANTITY, SYMBOL, raw_postgres, raw_sqlite, scratch_postgres, server_env
@@ -109,9 +112,42 @@ async def background() -> float:
     return (time.process_time() - cpu) / (time.perf_counter() - started) * 1000
 
 
-async def cpu_per_order(call: Call, token: str, accounts: list[str], total: int, idle_ms: float) -> float:
-    """Milliseconds of this process's CPU per order, `total` orders over `len(accounts)` clients, less the
-    background's share of the time they took (`idle_ms` per second)."""
+@dataclass
+class Measured:
+    cpu_ms: float
+    """This process's CPU per order, less the background's share."""
+    wall_ms: float
+    waiting_ms: float | None
+    """Per order, the time the event loop was blocked in its selector (None on uvloop, which does not show it)."""
+
+
+class Waits:
+    """The time the running loop spends blocked in its selector, on the standard asyncio loop (make one per loop)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.known = False
+        selector = getattr(asyncio.get_running_loop(), "_selector", None)  # uvloop has none
+        if selector is None:
+            return
+        self.known = True
+        select = selector.select
+
+        def timed(timeout: float | None = None) -> Any:
+            started = time.perf_counter()
+            try:
+                return select(timeout)
+            finally:
+                self.seconds += time.perf_counter() - started
+
+        selector.select = timed
+
+
+async def cpu_per_order(
+    call: Call, token: str, accounts: list[str], total: int, idle_ms: float, waits: Waits
+) -> Measured:
+    """This process's CPU per order (milliseconds), `total` orders over `len(accounts)` clients, less the
+    background's share of the time they took (`idle_ms` per second); the wall time and the loop's waits per order."""
     remaining = total
 
     async def client(account: str) -> None:
@@ -128,27 +164,29 @@ async def cpu_per_order(call: Call, token: str, accounts: list[str], total: int,
     remaining = WARMUP_PER_CLIENT * len(accounts)
     await asyncio.gather(*(client(a) for a in accounts))
     remaining = total
-    started, cpu = time.perf_counter(), time.process_time()
+    started, cpu, waited = time.perf_counter(), time.process_time(), waits.seconds
     await asyncio.gather(*(client(a) for a in accounts))
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    return (cpu * 1000 - idle_ms * elapsed) / total
+    elapsed, cpu, waited = time.perf_counter() - started, time.process_time() - cpu, waits.seconds - waited
+    waiting = waited * 1000 / total if waits.known else None
+    return Measured((cpu * 1000 - idle_ms * elapsed) / total, elapsed * 1000 / total, waiting)
 
 
-def measure(database_url: str, data_dir: str) -> tuple[float, float, float, float]:
-    """CPU ms per order with one client and with CLIENTS (the background's share taken out), the background's CPU
-    ms per second, and the raw client's CPU ms per transaction."""
+def measure(database_url: str, data_dir: str) -> tuple[Measured, Measured, float, float]:
+    """One client's and CLIENTS' figures per order (the background's CPU taken out), the background's CPU ms per
+    second, and the raw client's CPU ms per transaction."""
     os.environ.update(server_env(data_dir, database_url))
     from cival.app import app_factory
 
     app = app_factory()  # as `cival serve` builds it
     call = asgi_caller(app)
 
-    async def go() -> tuple[float, float, float, str, list[str]]:
+    async def go() -> tuple[Measured, Measured, float, str, list[str]]:
         async with app.router.lifespan_context(app):
             token, user_id, accounts = await set_up(call)
             idle_ms = await background()
-            one = await cpu_per_order(call, token, accounts[:1], ORDERS // 2, idle_ms)
-            many = await cpu_per_order(call, token, accounts, ORDERS, idle_ms)
+            waits = Waits()
+            one = await cpu_per_order(call, token, accounts[:1], ORDERS // 2, idle_ms, waits)
+            many = await cpu_per_order(call, token, accounts, ORDERS, idle_ms, waits)
         return one, many, idle_ms, user_id, accounts
 
     one, many, idle_ms, user_id, accounts = _run(go())
@@ -168,7 +206,8 @@ def _run(coroutine: Awaitable[Any]) -> Any:
     return uvloop.run(coroutine)  # type: ignore[arg-type]
 
 
-def report(label: str, one: float, many: float, idle_ms: float, raw: float) -> None:
+def report(label: str, one_client: Measured, clients: Measured, idle_ms: float, raw: float) -> None:
+    one, many = one_client.cpu_ms, clients.cpu_ms
     cycle = (one - many) * CLIENTS / (CLIENTS - 1)
     order = one - cycle
     print(f"\n{label}: CPU per order in process (ASGI, no sockets), {ORDERS} orders with {CLIENTS} clients")
@@ -180,6 +219,12 @@ def report(label: str, one: float, many: float, idle_ms: float, raw: float) -> N
     per_order = f"(/{CLIENTS}: {cycle / CLIENTS:.2f} per order)"
     print(f"{'  of which per write cycle (2 transactions)':<52} {cycle:>8.2f}   {per_order}")
     print(f"{'  of which per order':<52} {order:>8.2f}")
+    wall = clients.wall_ms
+    waiting = clients.waiting_ms
+    waits = (
+        "unknown on uvloop (PLAIN_HTTP=1 shows it)" if waiting is None else f"{waiting:.2f} ms ({waiting / wall:.0%})"
+    )
+    print(f"{CLIENTS} clients: {wall:.2f} ms of wall time per order ({1000 / wall:.0f} orders/s), loop waiting {waits}")
 
 
 def main() -> None:
