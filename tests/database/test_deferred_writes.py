@@ -191,3 +191,37 @@ def test_the_tag_changes_when_the_text_would_close_it_early() -> None:
     assert _dollar_quoted("plain") == "$cival$plain$cival$"
     assert _dollar_quoted("has $cival$ inside") == "$cival1$has $cival$ inside$cival1$"
     assert _dollar_quoted("ends with $cival") == "$cival1$ends with $cival$cival1$"
+
+
+async def test_work_meanwhile_runs_once_the_commit_is_sent_and_the_commit_still_decides(
+    ids: Identities, db: Database
+) -> None:
+    user_id, account_id = await _account(ids)
+    seen: list[str] = []
+
+    async def store(orders: list[Order]) -> None:
+        async with db.driver_transaction(user_id) as tx:
+            real = tx.driver
+
+            class Sending:  # the real connection, what is sent on it noted
+                async def execute(self, query: str, *args: Any) -> Any:
+                    seen.append("COMMIT sent" if query.endswith("COMMIT") else "sent")
+                    return await real.execute(query, *args)
+
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(real, name)
+
+            tx.driver = Sending()
+            await INSERT_ORDER.rows(tx, orders)
+            tx.meanwhile = lambda: seen.append("meanwhile")
+
+    await store([_order(user_id, account_id, "meanwhile")])
+    assert seen[-2:] == ["COMMIT sent", "meanwhile"]  # the database works on the COMMIT while this runs
+    seen.clear()
+    with pytest.raises(IntegrityError):  # a COMMIT that fails fails the transaction, whatever ran meanwhile
+        await store([_order(user_id, account_id, "meanwhile-2"), _order(user_id, account_id, "meanwhile")])
+    if not db.is_sqlite:  # on SQLite the insert itself fails, before any COMMIT
+        assert seen[-1] == "meanwhile"
+    async with db.session(user_id, read_only=True) as session:
+        found = (await session.scalars(select(Order.client_order_id).where(Order.user_id == user_id))).all()
+    assert found == ["meanwhile"]

@@ -66,6 +66,12 @@ async def test_calls_queued_together_share_one_transaction_in_call_order(
     ]
     results = await asyncio.gather(*calls)
     assert results[0] is results[1] is results[2]  # one transaction's changes answer every call of the batch
+    # Its messages were built while its COMMIT was in flight (D55), one per changed row, each framed for its channel.
+    events = results[0].events
+    assert events is not None
+    (messages,) = events.values()
+    assert [channel for channel, _ in messages].count("orders") == 3
+    assert all(data.channel == channel for channel, data in messages)  # type: ignore[attr-defined]
     rows = await _rows(registry, [a, b, c])
     assert (rows[a].status, rows[a].filled_quantity) == ("filled", Decimal("0.01"))
     assert (rows[b].status, rows[c].status) == ("filled", "cancelled")

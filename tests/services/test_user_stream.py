@@ -12,7 +12,7 @@ import pytest
 
 from cival.core.cache import MemoryCache, Numbered, NumberedLog
 from cival.core.exceptions import ServiceUnavailable
-from cival.services.channels import frame, make_resolver, publish_public, user_cache_channel
+from cival.services.channels import frame, framed, make_resolver, publish_public, user_cache_channel
 from cival.services.user_stream import Catchup, Replay, ResyncReason, UserStream, frame_seq
 from cival.services.websocket_manager import WebSocketManager
 from tests.services.test_websocket_manager import ALICE, BTC, DEADLINE, FakeSocket, Tokens, validate_public
@@ -216,3 +216,14 @@ async def test_live_updates_during_a_replay_come_after_it_once_each() -> None:
         socket.disconnect()
         await task
         await manager.close()
+
+
+async def test_an_event_framed_ahead_is_published_as_it_would_have_been(cache: MemoryCache) -> None:
+    stream = UserStream(cache)
+    data = {"id": "1", "price": "64123.12345678", "note": 'ünïcødé "quoted"'}
+    async with cache.subscribe(user_cache_channel(USER, "orders"), user_cache_channel(USER, "trades")) as sub:
+        await stream.append_many(USER, [("orders", data), framed("orders", data), framed("trades", data)])
+        published = [await sub.get_message(1.0) for _ in range(3)]
+    frames = [item[1] for item in published if item is not None]
+    assert frames == [frame("orders", data, 1), frame("orders", data, 2), frame("trades", data, 3)]
+    assert framed("orders", data)[1] == data  # still the event's data, for what reads it (webhooks)

@@ -18,6 +18,7 @@ interpreted, whatever the values hold.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sqlite3
@@ -51,13 +52,15 @@ class DriverTx:
     that session's connection, inside its transaction, and defers nothing (the session commits, not this).
     """
 
-    __slots__ = ("driver", "dialect", "defers", "deferred")
+    __slots__ = ("driver", "dialect", "defers", "deferred", "meanwhile")
 
     def __init__(self, driver: Any, dialect: Dialect, *, defers: bool = False) -> None:
         self.driver = driver
         self.dialect = dialect
         self.defers = defers and dialect.driver == "asyncpg"
         self.deferred: list[str] = []  # statements to send before the next one, or with the COMMIT
+        self.meanwhile: Callable[[], None] | None = None
+        """Work that does not need the COMMIT's outcome, run while it is in flight (D55); it must not raise."""
 
     async def flush(self) -> None:
         """Send the deferred writes now: before a statement of the same transaction, which must see them."""
@@ -66,9 +69,16 @@ class DriverTx:
             await _run_script(self.driver, script)
 
     async def commit(self) -> None:
-        """COMMIT, in the same round trip as the writes still deferred."""
+        """COMMIT, in the same round trip as the writes still deferred; `meanwhile` runs once it is sent."""
         script, self.deferred = "; ".join([*self.deferred, "COMMIT"]), []
-        await _run_script(self.driver, script)
+        meanwhile, self.meanwhile = self.meanwhile, None
+        if meanwhile is None:
+            await _run_script(self.driver, script)
+            return
+        committing = asyncio.ensure_future(_run_script(self.driver, script))
+        await asyncio.sleep(0)  # the COMMIT's first step sends it: the database works while this process does
+        meanwhile()
+        await committing
 
 
 async def _run_script(driver: Any, script: str) -> None:

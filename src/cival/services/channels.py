@@ -25,11 +25,13 @@ __all__ = [
     "PUBLIC_PREFIXES",
     "USER_CHANNELS",
     "ProtocolError",
+    "FramedData",
     "Resolve",
     "UnknownChannel",
     "UserPublisher",
     "dumps",
     "frame",
+    "framed",
     "make_resolver",
     "parse_message",
     "public_cache_channel",
@@ -102,6 +104,24 @@ def frame_around_seq(channel: str, data: Mapping[str, Any]) -> tuple[bytes, byte
     `before + str(seq).encode() + after == frame(channel, data, seq)` (so the cache can number it, D39)."""
     body = dumps({"type": "update", "channel": channel, "data": data, "seq": 0}).encode()
     return body[: -len(b"0}")], b"}"
+
+
+class FramedData(dict[str, Any]):
+    """An event's data together with its numbered frame for `channel`, built ahead (`framed`): the user stream
+    publishes these parts as they are. A writer builds its batch's frames while the batch's COMMIT is in flight and
+    publishes them once it returns (D55)."""
+
+    __slots__ = ("channel", "parts")
+
+    def __init__(self, channel: str, data: Mapping[str, Any]) -> None:
+        super().__init__(data)
+        self.channel = channel
+        self.parts = frame_around_seq(channel, data)
+
+
+def framed(channel: str, data: Mapping[str, Any]) -> tuple[str, FramedData]:
+    """The event (`channel`, `data`) with its frame built now."""
+    return channel, FramedData(channel, data)
 
 
 def public_cache_channel(channel: str) -> str:

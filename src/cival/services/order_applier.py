@@ -38,7 +38,7 @@ from cival.domain.instruments import Instrument
 from cival.domain.matching import Cancelled, Event, Filled, Rejected, Triggered
 from cival.domain.orders import TERMINAL_STATUSES, OrderStatus, OrderType, quantize_stored, transition
 from cival.models.trading_models import OrderOut, TradeOut
-from cival.services.channels import UserPublisher
+from cival.services.channels import UserPublisher, framed
 from cival.services.group_commit import Writer
 from cival.services.portfolio_tracker import (
     new_balance,
@@ -53,6 +53,8 @@ from cival.services.risk_manager import alert_data
 log = get_logger(__name__)
 
 Prices = Callable[[], Awaitable[dict[str, Decimal]]]
+UserEvents = dict[uuid.UUID, list[tuple[str, Mapping[str, Any]]]]
+"""Each user's messages (channel, data), in order."""
 
 
 @dataclass
@@ -65,6 +67,8 @@ class Changes:
     balances: dict[uuid.UUID, BalanceRow] = field(default_factory=dict)
     alerts: list[RiskAlert] = field(default_factory=list)
     users: set[uuid.UUID] = field(default_factory=set)
+    events: UserEvents | None = None
+    """The messages to publish, built ahead (`EventApplier.prepare`, while the COMMIT is in flight: D55)."""
 
 
 @dataclass
@@ -211,6 +215,7 @@ class EventApplier(Writer[list[Event], Changes]):
             due = self._due(changes.users)
             for user_id in due:
                 await record_snapshot(tx, user_id, prices, self.starting_balances)
+            tx.meanwhile = lambda: self.prepare(changes)
         written = time.monotonic()
         for user_id in due:
             self._snapshotted[user_id] = written
@@ -343,27 +348,41 @@ class EventApplier(Writer[list[Event], Changes]):
         changes.orders[order.id] = order
         changes.users.add(order.user_id)
 
+    def prepare(self, changes: Changes) -> None:
+        """Build what `publish_changes` will publish (`changes.events`): one message per changed row, in order,
+        grouped by user, each framed already (D55). Best effort: a failure is logged and leaves it to
+        `publish_changes`, which fails alike and logs it there."""
+        try:
+            changes.events = self._events(changes)
+        except Exception:
+            changes.events = None
+
     async def publish_changes(self, changes: Changes) -> None:
         """One message per changed row, in order, all of a user's in one call (one cache step); best effort (the
         database already holds the truth)."""
-        events: dict[uuid.UUID, list[tuple[str, Mapping[str, Any]]]] = {}
         try:
-            for order in changes.orders.values():
-                events.setdefault(order.user_id, []).append(("orders", order_message(order)))
-            for trade in changes.trades:
-                events.setdefault(trade.user_id, []).append(("trades", trade_message(trade)))
-            for position in changes.positions.values():
-                events.setdefault(position.user_id, []).append(("positions", position_message(position)))
-            for balance in changes.balances.values():
-                events.setdefault(balance.user_id, []).append(("balances", balance_message(balance)))
-            for alert in changes.alerts:
-                events.setdefault(alert.user_id, []).append(("alerts", alert_data(alert)))
-            for user_id in changes.users:
-                events.setdefault(user_id, []).append(("portfolio", {"changed": True}))
+            events = changes.events if changes.events is not None else self._events(changes)
             for user_id, user_events in events.items():
                 await self.publish(user_id, user_events)
         except Exception:
             log.exception("publishing order updates failed")
+
+    @staticmethod
+    def _events(changes: Changes) -> UserEvents:
+        events: UserEvents = {}
+        for order in changes.orders.values():
+            events.setdefault(order.user_id, []).append(framed("orders", order_message(order)))
+        for trade in changes.trades:
+            events.setdefault(trade.user_id, []).append(framed("trades", trade_message(trade)))
+        for position in changes.positions.values():
+            events.setdefault(position.user_id, []).append(framed("positions", position_message(position)))
+        for balance in changes.balances.values():
+            events.setdefault(balance.user_id, []).append(framed("balances", balance_message(balance)))
+        for alert in changes.alerts:
+            events.setdefault(alert.user_id, []).append(framed("alerts", alert_data(alert)))
+        for user_id in changes.users:
+            events.setdefault(user_id, []).append(framed("portfolio", {"changed": True}))
+        return events
 
 
 def _quiet(future: asyncio.Future[Changes]) -> None:

@@ -83,12 +83,15 @@ class OrderIntake(Writer[NewOrder, Stored]):
         database: Database,
         risk: RiskGate,
         publish_changes: Callable[[Changes], Awaitable[None]],
+        prepare: Callable[[Changes], None],
         *,
         max_batch: int = 64,
     ) -> None:
         super().__init__(database, "order-intake", max_batch=max_batch)
         self.risk = risk
         self.publish_changes = publish_changes
+        self.prepare = prepare
+        self._prepared: tuple[list[Stored | Exception], Changes] | None = None  # a batch's outcomes, its changes
 
     async def store(self, new: NewOrder) -> Stored:
         """Store `new.order` (queued synchronously, before the first await) and return what that changed, published
@@ -102,19 +105,14 @@ class OrderIntake(Writer[NewOrder, Stored]):
 
     async def publish_batch(self, results: list[Stored | Exception]) -> None:
         """What the stored orders changed, published before any caller is answered (and so before any order is
-        sent): one message per changed row, the batch's rows together."""
-        changes = Changes()
-        for outcome in results:
-            if isinstance(outcome, Stored):
-                changes.orders |= outcome.orders
-                changes.balances |= outcome.balances
-                changes.alerts += outcome.alerts
-                changes.users |= outcome.users
-        await self.publish_changes(changes)
+        sent): one message per changed row, the batch's rows together (built while the COMMIT was in flight)."""
+        prepared, self._prepared = self._prepared, None
+        await self.publish_changes(prepared[1] if prepared is not None and prepared[0] is results else _merged(results))
 
     async def write_batch(self, batch: list[NewOrder]) -> list[Stored | Exception]:
         """One transaction for the whole batch; each order's outcome, in order."""
         outcomes: list[Stored | Exception] = []
+        self._prepared = None
         writes = _Batch([], [], {}, set())
         counts: dict[uuid.UUID, RateCounts] = {}
         stored = False
@@ -133,11 +131,17 @@ class OrderIntake(Writer[NewOrder, Stored]):
                     except Exception as exc:  # this order alone: nothing of it is written
                         outcomes.append(exc)
                 await self._write(tx, writes)
+                tx.meanwhile = lambda: self._prepare(outcomes)
             stored = True
         finally:
             for taken in counts.values():  # the unused ones, or all of them when nothing was stored
                 await self.risk.return_counts(taken, every=not stored)
         return outcomes
+
+    def _prepare(self, outcomes: list[Stored | Exception]) -> None:
+        changes = _merged(outcomes)
+        self.prepare(changes)
+        self._prepared = (outcomes, changes)
 
     async def _take_counts(
         self, batch: list[NewOrder], standings: dict[tuple[uuid.UUID, str], Loaded]
@@ -197,6 +201,18 @@ class OrderIntake(Writer[NewOrder, Stored]):
     async def _write(tx: DriverTx, writes: _Batch) -> None:
         await write_new_orders(tx, writes.orders, writes.balances.values(), writes.created)
         await write_alerts(tx, writes.alerts)
+
+
+def _merged(outcomes: list[Stored | Exception]) -> Changes:
+    """What a batch's stored orders changed, together."""
+    changes = Changes()
+    for outcome in outcomes:
+        if isinstance(outcome, Stored):
+            changes.orders |= outcome.orders
+            changes.balances |= outcome.balances
+            changes.alerts += outcome.alerts
+            changes.users |= outcome.users
+    return changes
 
 
 def _key(new: NewOrder) -> FundsKey:

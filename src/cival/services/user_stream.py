@@ -28,7 +28,7 @@ from typing import Any
 
 from cival.core.cache import Cache, Numbered, NumberedLog
 from cival.core.exceptions import ServiceUnavailable
-from cival.services.channels import USER_CHANNELS, frame_around_seq, user_cache_channel
+from cival.services.channels import USER_CHANNELS, FramedData, frame_around_seq, user_cache_channel
 
 __all__ = ["RETENTION_EVENTS", "RETENTION_SECONDS", "Catchup", "Replay", "ResyncReason", "UserStream", "frame_seq"]
 
@@ -115,7 +115,10 @@ class UserStream:
         for channel, data in events:  # all checked before any is published
             if channel not in USER_CHANNELS:
                 raise ValueError(f"{channel!r} is not a user channel (one of {sorted(USER_CHANNELS)})")
-            before, after = frame_around_seq(channel, data)
+            if isinstance(data, FramedData) and data.channel == channel:
+                before, after = data.parts  # built ahead (D55)
+            else:
+                before, after = frame_around_seq(channel, data)
             messages.append(Numbered(before, after, user_cache_channel(user_id, channel), _STORED_PREFIX[channel]))
         return await self.cache.publish_numbered(log, messages)
 
