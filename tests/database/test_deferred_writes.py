@@ -6,15 +6,13 @@ rows holds alike."""
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -22,6 +20,7 @@ from cival.core.db import Database
 from cival.database.driver_sql import DriverInsert, DriverStatement, DriverUpdate, _dollar_quoted
 from cival.database.models import Order
 from tests.api._identity import Identities
+from tests.database.test_driver_sql import _account, _order, _stored
 
 ORDERS = Order.__table__.c
 INSERT_ORDER = DriverInsert(Order.__table__)
@@ -43,45 +42,6 @@ NASTY = [
     "ünïcødé ✓ 𝄞 🚀",
     "E'\\x41'",
 ]
-
-
-async def _account(ids: Identities) -> tuple[uuid.UUID, uuid.UUID]:
-    user = await ids.new_user()
-    response = await user.post("/api/v1/accounts", json={"exchange": "paper"})
-    assert response.status_code == 201, response.text
-    return user.id, uuid.UUID(response.json()["id"])
-
-
-def _order(user_id: uuid.UUID, account_id: uuid.UUID, client_order_id: str) -> Order:
-    now = datetime(2026, 11, 27, 1, 2, 3, 456789, tzinfo=UTC)
-    return Order(
-        id=uuid.uuid4(),
-        user_id=user_id,
-        account_id=account_id,
-        client_order_id=client_order_id,
-        symbol="BTC/USDT",
-        side="buy",
-        type="limit",
-        quantity=Decimal("0.00012345"),
-        price=Decimal("64123.12345678"),
-        stop_price=None,
-        time_in_force="GTC",
-        post_only=True,
-        status="pending",
-        filled_quantity=Decimal(0),
-        fees=Decimal(0),
-        reserved=Decimal("7.91616000"),
-        exchange="paper",
-        created_at=now,
-        updated_at=now,
-    )
-
-
-async def _stored(owner_engine: AsyncEngine, order_id: uuid.UUID, is_sqlite: bool) -> dict[str, Any]:
-    key = order_id.hex if is_sqlite else order_id
-    async with owner_engine.connect() as conn:
-        row = (await conn.execute(text("SELECT * FROM orders WHERE id = :id"), {"id": key})).mappings().one()
-    return {k: v for k, v in row.items() if k not in ("id", "client_order_id")}
 
 
 async def test_deferred_rows_are_stored_as_the_orm_stores_them(
