@@ -350,8 +350,8 @@ class EventApplier(Writer[list[Event], Changes]):
 
     def prepare(self, changes: Changes) -> None:
         """Build what `publish_changes` will publish (`changes.events`): one message per changed row, in order,
-        grouped by user, each framed already (D55). Best effort: a failure is logged and leaves it to
-        `publish_changes`, which fails alike and logs it there."""
+        grouped by user, each framed already (D55). It runs while the COMMIT is in flight and must not raise: a
+        failure leaves the building to `publish_changes`, which then logs it."""
         try:
             changes.events = self._events(changes)
         except Exception:
