@@ -21,7 +21,7 @@ import contextlib
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -41,6 +41,7 @@ from cival.models.trading_models import OrderOut, TradeOut
 from cival.services.channels import UserPublisher, framed
 from cival.services.group_commit import Writer
 from cival.services.portfolio_tracker import (
+    Prices,
     new_balance,
     new_position,
     record_snapshot,
@@ -52,7 +53,6 @@ from cival.services.risk_manager import alert_data
 
 log = get_logger(__name__)
 
-Prices = Callable[[], Awaitable[dict[str, Decimal]]]
 UserEvents = dict[uuid.UUID, list[tuple[str, Mapping[str, Any]]]]
 """Each user's messages (channel, data), in order."""
 

@@ -62,10 +62,10 @@ from cival.domain.risk import DEFAULT_LIMITS, KILL_SWITCH, KILL_SWITCH_ON_DAILY_
 from cival.services import audit
 from cival.services.auth_service import Principal
 from cival.services.channels import UserPublisher
+from cival.services.portfolio_tracker import Prices
 
 log = get_logger(__name__)
 
-Prices = Callable[[], Awaitable[dict[str, Decimal]]]
 CancelAll = Callable[[Principal, str | None], Awaitable[Sequence[Any]]]
 T = TypeVar("T")
 
