@@ -10,10 +10,10 @@ way (`DecimalPrecisionError`). Driver errors surface as the ORM would raise them
 
 Writes of whole batches of rows (`DriverInsert`, `DriverUpdate`) whose results nothing reads are deferred on
 PostgreSQL, in a transaction `Database.driver_transaction` opened (D53): each becomes ONE statement that carries its
-rows as one JSON document (`jsonb_to_recordset`), and they go to the server together with the COMMIT, in one round
-trip, or before the next statement of the transaction that reads or writes (`DriverTx.flush`), so every statement
-sees the writes before it. The document is dollar-quoted with a tag it does not contain: nothing in it is escaped or
-interpreted, whatever the values hold.
+rows as one JSON document of arrays (`jsonb_array_elements`), and they go to the server together with the COMMIT,
+in one round trip, or before the next statement of the transaction that reads or writes (`DriverTx.flush`), so
+every statement sees the writes before it. The document is dollar-quoted with a tag it does not contain: nothing
+in it is escaped or interpreted, whatever the values hold.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import JSON, ColumnElement, FromClause, Numeric
-from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -333,17 +332,8 @@ class _RowsWrite:
         self.columns = list(columns)
         self.keys = [c.key for c in self.columns]
         self.statement = statement
-        pg = PGDialect()  # type: ignore[no-untyped-call]
-        values = ", ".join(
-            f"r -> {i} AS {c.name}"
-            if isinstance(c.type, JSON)
-            else f"CAST(r ->> {i} AS {c.type.compile(dialect=pg)}) AS {c.name}"
-            for i, c in enumerate(self.columns)
-        )
-        # Names and types from the table's definition; the rows come as one literal (`_dollar_quoted`).
-        rows = f"(SELECT {values} FROM jsonb_array_elements(CAST({{document}} AS jsonb)) AS r) AS x"  # noqa: S608
-        self._template = template.replace("{rows}", rows)
-        self._encoders: list[Processor] | None = None
+        self._template = template
+        self._deferring: tuple[str, list[Processor]] | None = None  # the statement and encoders, on first deferral
 
     async def rows(self, target: Target, objs: Sequence[Any]) -> None:
         if not objs:
@@ -360,9 +350,9 @@ class _RowsWrite:
         return [getattr(obj, key) for key in self.keys]
 
     def _deferred(self, rows: list[list[Any]], dialect: Dialect) -> str:
-        encoders = self._encoders
-        if encoders is None:
-            encoders = self._encoders = [_json_encoder(c.type, dialect) for c in self.columns]
+        if self._deferring is None:
+            self._deferring = self._compile_deferred(dialect)
+        template, encoders = self._deferring
         document = _DOCUMENT.encode(
             [
                 [
@@ -372,7 +362,19 @@ class _RowsWrite:
                 for row in rows
             ]
         )
-        return self._template.format(document=_dollar_quoted(document))
+        return template.format(document=_dollar_quoted(document))
+
+    def _compile_deferred(self, dialect: Dialect) -> tuple[str, list[Processor]]:
+        """The deferred statement, with `{document}` where the rows go, and each column's encoder into it."""
+        values = ", ".join(
+            f"r -> {i} AS {c.name}"
+            if isinstance(c.type, JSON)
+            else f"CAST(r ->> {i} AS {c.type.compile(dialect=dialect)}) AS {c.name}"
+            for i, c in enumerate(self.columns)
+        )
+        # Names and types from the table's definition; the rows come as one literal (`_dollar_quoted`).
+        rows = f"(SELECT {values} FROM jsonb_array_elements(CAST({{document}} AS jsonb)) AS r) AS x"  # noqa: S608
+        return self._template.replace("{rows}", rows), [_json_encoder(c.type, dialect) for c in self.columns]
 
 
 class DriverInsert(_RowsWrite):
