@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cival.core.db import Database
 from cival.core.service_registry import ServiceRegistry
-from cival.database.driver_sql import DriverInsert, DriverRows, DriverStatement
-from cival.database.models import Order
-from cival.database.rows import OrderRow, row_of
+from cival.database.driver_sql import DriverInsert, DriverRowSets, DriverStatement, RowSet
+from cival.database.models import Balance, Order, Trade
+from cival.database.rows import BalanceRow, OrderRow, TradeRow, row_of
 from cival.database.types import DecimalPrecisionError
 from cival.models.trading_models import OrderOut
 from tests.api._identity import Identities
@@ -191,9 +191,9 @@ async def test_whole_rows_are_read_as_the_orm_loads_them(ids: Identities, db: Da
     batch = [_order(user_id, account_id, f"rows-{i}") for i in range(3)]
     async with db.driver_transaction(user_id) as tx:
         await INSERT_ORDER.rows(tx, batch)
-    load = DriverRows(OrderRow, "id = ANY(:ids)", {"ids": ORDERS.id}, for_update=True)
+    load = DriverRowSets([RowSet("o", OrderRow, "id = ANY(:ids)", for_update=True)], {"ids": ORDERS.id})
     async with db.driver_transaction(user_id) as tx:
-        built = await load.all(tx, ids=[o.id for o in batch])
+        [built] = await load.all(tx, ids=[o.id for o in batch])
     async with db.session(user_id, read_only=True) as session:
         by_orm = (await session.scalars(select(Order).where(Order.user_id == user_id).order_by(Order.id))).all()
     keys = [c.key for c in Order.__table__.columns]
@@ -202,6 +202,103 @@ async def test_whole_rows_are_read_as_the_orm_loads_them(ids: Identities, db: Da
     assert all(type(o) is OrderRow for o in built)  # plain rows (D52), in no session
     built[0].status = "cancelled"
     assert OrderOut.model_validate(built[0]).status == "cancelled"
+
+
+SETS = DriverRowSets(
+    [
+        RowSet("o", OrderRow, "id = ANY(:ids)", for_update=True),
+        RowSet(
+            "b",
+            BalanceRow,
+            "account_id = ANY(ARRAY(SELECT account_id FROM o))",
+            "account_id IN (SELECT account_id FROM o)",
+            for_update=True,
+        ),
+        RowSet("t", TradeRow, "order_id = ANY(ARRAY(SELECT id FROM o))", "order_id IN (SELECT id FROM o)"),
+    ],
+    {"ids": ORDERS.id},
+)
+
+
+def _trade(order: Order) -> Trade:
+    return Trade(
+        id=uuid.uuid4(),
+        order_id=order.id,
+        user_id=order.user_id,
+        external_trade_id=f"t-{order.id}",
+        symbol=order.symbol,
+        side=order.side,
+        quantity=Decimal("0.00002345"),
+        price=Decimal("64000.5"),
+        fees=Decimal("0.00150078"),
+        exchange="paper",
+        executed_at=datetime(2026, 11, 26, 12, 30, 16, tzinfo=UTC),
+    )
+
+
+def _values(rows: Any, model: Any) -> dict[Any, list[Any]]:
+    keys = [c.key for c in model.__table__.columns]
+    return {row.id: [getattr(row, k) for k in keys] for row in rows}
+
+
+async def test_row_sets_read_several_tables_in_one_statement_by_the_rows_before(ids: Identities, db: Database) -> None:
+    """Orders by id; then the balances of their accounts and their trades, selected by the orders read (D56): each
+    set decoded from its own slots into its plain rows, as the ORM loads them; a set with no rows is empty."""
+    user_id, account_id = await _account(ids)
+    other_user, other_account = await _account(ids)
+    mine = [_order(user_id, account_id, f"sets-{i}") for i in range(2)]
+    others = _order(other_user, other_account, "sets-other")
+    async with db.driver_transaction(None) as tx:
+        await INSERT_ORDER.rows(tx, [*mine, others])
+    trade = _trade(mine[0])
+    async with db.session(user_id) as session:
+        session.add(trade)
+    async with db.driver_transaction(None) as tx:
+        orders, balances, trades = await SETS.all(tx, ids=[mine[0].id, mine[1].id])
+        none_traded = await SETS.all(tx, ids=[mine[1].id])
+        nothing = await SETS.all(tx, ids=[uuid.uuid4()])
+    async with db.session(user_id, read_only=True) as session:
+        orm_orders = (await session.scalars(select(Order).where(Order.user_id == user_id))).all()
+        orm_balances = (await session.scalars(select(Balance).where(Balance.account_id == account_id))).all()
+        orm_trades = (await session.scalars(select(Trade).where(Trade.user_id == user_id))).all()
+    assert orm_balances  # a paper account starts funded
+    assert (type(orders[0]), type(balances[0]), type(trades[0])) == (OrderRow, BalanceRow, TradeRow)
+    assert _values(orders, Order) == _values(orm_orders, Order)
+    assert _values(balances, Balance) == _values(orm_balances, Balance)  # the other account's are not read
+    assert _values(trades, Trade) == _values(orm_trades, Trade) == _values([trade], Trade)
+    assert [len(rows) for rows in none_traded] == [1, len(orm_balances), 0]
+    assert nothing == [[], [], []]
+
+
+@pytest.mark.usefixtures("postgres_url")
+async def test_row_sets_lock_the_sets_that_lock_until_the_transaction_ends(
+    ids: Identities, db: Database, owner_engine: AsyncEngine
+) -> None:
+    user_id, account_id = await _account(ids)
+    order = _order(user_id, account_id, "sets-lock")
+    async with db.driver_transaction(None) as tx:
+        await INSERT_ORDER.row(tx, order)
+    async with db.session(user_id) as session:
+        session.add(_trade(order))
+
+    async def locked(table: str, where: str) -> bool:
+        statement = text(f"SELECT id FROM {table} WHERE {where} FOR UPDATE NOWAIT")  # noqa: S608  # constants
+        async with owner_engine.connect() as conn:
+            try:
+                await conn.execute(statement, {"id": order.id})
+            except DBAPIError as exc:  # asyncpg's LockNotAvailableError, as SQLAlchemy raises it
+                return "could not obtain lock" in str(exc)
+            return False
+
+    async with db.driver_transaction(None) as tx:
+        orders, balances, trades = await SETS.all(tx, ids=[order.id])
+        assert (len(orders), len(trades)) == (1, 1)
+        assert balances
+        assert await locked("orders", "id = :id")
+        assert await locked("balances", "account_id = (SELECT account_id FROM orders WHERE id = :id)")
+        assert not await locked("trades", "order_id = :id")  # read, not locked
+    assert not await locked("orders", "id = :id")
+    assert not await locked("balances", "account_id = (SELECT account_id FROM orders WHERE id = :id)")
 
 
 async def test_a_plain_row_is_stored_as_the_orm_stores_it(

@@ -195,7 +195,11 @@ EXPECTED: dict[str, dict[str, Any]] = {
             "order_id": ("orders", "NO ACTION"),
             "user_id": ("users", "CASCADE"),
         },
-        "indexes": {"idx_trades_user_executed": ("user_id", "executed_at DESC")},
+        "indexes": {
+            "idx_trades_user_executed": ("user_id", "executed_at DESC"),
+            # Beyond the spec (migration 0007, D56): an order's fills.
+            "idx_trades_order_id": ("order_id",),
+        },
         "rls": True,
     },
     # 3. Portfolio Tables
@@ -473,7 +477,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
     },
 }
 
-BEYOND_SPEC_INDEXES = {"idx_orders_user_working"}
+BEYOND_SPEC_INDEXES = {"idx_orders_user_working", "idx_trades_order_id"}
 """Indexes beyond the spec on the spec's own tables (listed with them above, each with its decision)."""
 
 BEYOND_SPEC: dict[str, dict[str, Any]] = {

@@ -25,11 +25,12 @@ import sqlite3
 import uuid
 from collections import namedtuple
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, FromClause, Numeric
+from sqlalchemy import JSON, ColumnElement, FromClause, Integer, Numeric, literal_column
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -297,29 +298,93 @@ class DriverQuery:
         return [row(*compiled.decode(record)) for record in records]
 
 
-class DriverRows:
-    """`SELECT` of whole rows of a table `WHERE <where> ORDER BY <order_by>` (`FOR UPDATE` on PostgreSQL when asked),
-    returned as plain rows (`rows.OrderRow`, ...: one field per column, in the table's order, D52)."""
+@dataclass(frozen=True)
+class RowSet:
+    """One set of a `DriverRowSets` read: whole rows of `row`'s table `WHERE <where>` in id order, the `WITH` query
+    `name`, locked `FOR UPDATE` on PostgreSQL when `for_update`.
 
-    def __init__(
-        self,
-        row: type[Any],
-        where: str,
-        params: dict[str, ColumnElement[Any]],
-        *,
-        order_by: str = "id",
-        for_update: bool = False,
-    ) -> None:
-        table = MODELS[row].__table__
-        columns = list(table.columns)
-        self.row = row
-        # Names from the table's definition and the caller's constant text; values bound.
-        sql = f"SELECT {', '.join(c.name for c in columns)} FROM {table.description} WHERE {where} ORDER BY {order_by}"  # noqa: S608
-        self.statement = DriverStatement(sql + (" FOR UPDATE" if for_update else ""), params, columns, sqlite_sql=sql)
+    `where` may select by the rows of the sets before it, on PostgreSQL as `col = ANY(ARRAY(SELECT col FROM name))`
+    (an array the index scan takes as it takes a bound one), on SQLite as `col IN (SELECT col FROM name)`
+    (`sqlite_where`). A list is bound with `= ANY(:name)`, as in `DriverStatement`."""
 
-    async def all(self, target: Target, **values: Any) -> list[Any]:
-        row = self.row
-        return [row(*fetched) for fetched in await self.statement.fetch(target, **values)]
+    name: str
+    row: type[Any]
+    where: str
+    sqlite_where: str | None = None
+    for_update: bool = False
+
+
+class DriverRowSets:
+    """Whole rows of one or several tables in ONE statement: one round trip where a read per table made one each
+    (D56), returned as plain rows (`rows.OrderRow`, ...: one field per column, in the table's order, D52).
+
+    Each set is a `WITH` query (materialized on PostgreSQL) that may select by the rows of the sets before it; the
+    sets that lock are locked in id order, set after set in the order given (every writer that locks these tables
+    takes them in that order: two never deadlock). The rows come back as one `UNION ALL`, each row its set's number,
+    then one slot per column of every set (its own filled, the others' NULL), and are decoded slice by slice.
+    Returns one list of rows per set.
+    """
+
+    def __init__(self, sets: Sequence[RowSet], params: dict[str, ColumnElement[Any]]) -> None:
+        self.sets = list(sets)
+        self.params = params
+        self.tables = [MODELS[s.row].__table__ for s in sets]
+        self.columns = [list(table.columns) for table in self.tables]
+        self.slices: list[tuple[int, int]] = []
+        start = 1
+        for own in self.columns:
+            self.slices.append((start, start + len(own)))
+            start += len(own)
+        self._statements: dict[str, DriverStatement] = {}  # per dialect, built on first use
+
+    def _statement(self, dialect: Dialect) -> DriverStatement:
+        found = self._statements.get(dialect.name)
+        if found is not None:
+            return found
+        postgresql = dialect.name == "postgresql"
+        queries, arms = [], []
+        for i, (s, table, own) in enumerate(zip(self.sets, self.tables, self.columns, strict=True)):
+            names = ", ".join(c.name for c in own)
+            where = s.where if postgresql else s.sqlite_where or s.where
+            lock = " FOR UPDATE" if s.for_update and postgresql else ""
+            materialized = "MATERIALIZED " if postgresql else ""
+            # Names from the tables' definitions and the caller's constant text; values bound.
+            queries.append(
+                f"{s.name} AS {materialized}(SELECT {names} FROM {table.description} "  # noqa: S608
+                f"WHERE {where} ORDER BY id{lock})"
+            )
+            # PostgreSQL types a UNION's columns arm by arm: another set's slot is a NULL of that column's type.
+            slots = [
+                f"{s.name}.{c.name}" if j == i else f"CAST(NULL AS {c.type.compile(dialect=dialect)})"
+                for j, other in enumerate(self.columns)
+                for c in other
+            ]
+            arms.append(f"SELECT {i}, {', '.join(slots)} FROM {s.name}")  # noqa: S608
+        sql = f"WITH {', '.join(queries)} {' UNION ALL '.join(arms)}"
+        results = [literal_column("0", Integer()), *(c for own in self.columns for c in own)]
+        found = self._statements[dialect.name] = DriverStatement(sql, self.params, results, sqlite_sql=sql)
+        return found
+
+    async def all(self, target: Target, **values: Any) -> list[list[Any]]:
+        tx = await driver_tx(target)
+        await tx.flush()
+        compiled, values = self._statement(tx.dialect)._compile(tx.dialect, values)
+        found: list[list[Any]] = [[] for _ in self.sets]
+        decoders = [
+            (s.row, start, end, compiled.results[start:end])
+            for s, (start, end) in zip(self.sets, self.slices, strict=True)
+        ]
+        for fetched in await compiled.fetch(tx.driver, compiled.bind(values)):
+            row, start, end, processors = decoders[fetched[0]]
+            found[fetched[0]].append(
+                row(
+                    *[
+                        value if process is None or value is None else process(value)
+                        for value, process in zip(fetched[start:end], processors, strict=True)
+                    ]
+                )
+            )
+        return found
 
 
 class _RowsWrite:

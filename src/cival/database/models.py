@@ -193,8 +193,12 @@ Index("idx_orders_symbol_created", Order.symbol, Order.created_at.desc())
 
 class Trade(Base):
     __tablename__ = "trades"
-    # Beyond the spec (0004, D18): a venue's fill is stored once, so it is never applied twice.
-    __table_args__ = (Index("idx_trades_exchange_external_trade_id", "exchange", "external_trade_id", unique=True),)
+    __table_args__ = (
+        # Beyond the spec (0004, D18): a venue's fill is stored once, so it is never applied twice.
+        Index("idx_trades_exchange_external_trade_id", "exchange", "external_trade_id", unique=True),
+        # Beyond the spec (0007, D56): an order's fills, read by the fill batch for an order filled in part already.
+        Index("idx_trades_order_id", "order_id"),
+    )
 
     id: Mapped[uuid.UUID] = _id()
     order_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("orders.id"))

@@ -3,7 +3,7 @@
 Every event a connector emits (fills, cancels, rejects, triggers) is queued here and applied by ONE task per
 process, so events are stored in exactly the order they were produced. The task takes whatever is queued (up to
 `max_batch` calls' worth) and applies it in ONE transaction: the orders involved, their balances and positions are
-loaded and locked with one query each (in id order, so two processes never deadlock), fills become `trades` (a
+loaded and locked in one query (each in id order, so two processes never deadlock), fills become `trades` (a
 trade id already stored meets the trades' unique index, and the batch is stored again skipping it, so a fill is
 never applied twice), the orders' totals, the balances, the
 positions and each touched user's snapshot for today change together, and the transaction commits. Then the
@@ -31,8 +31,8 @@ from sqlalchemy.exc import IntegrityError
 
 from cival.core.db import Database
 from cival.core.logging import get_logger
-from cival.database.driver_sql import DriverRows, DriverStatement, DriverTx
-from cival.database.models import Balance, Order, Position, RiskAlert, Trade
+from cival.database.driver_sql import DriverRowSets, DriverStatement, DriverTx, RowSet
+from cival.database.models import Order, RiskAlert, Trade
 from cival.database.rows import BalanceRow, OrderRow, PositionRow, TradeRow
 from cival.domain.instruments import Instrument
 from cival.domain.matching import Cancelled, Event, Filled, Rejected, Triggered
@@ -83,27 +83,42 @@ class _Loaded:
     created: set[uuid.UUID] = field(default_factory=set)  # positions and balances new in this batch
 
 
-# A batch's rows, loaded and locked in id order (two processes never deadlock), on the driver (D42).
-_LOCK_ORDERS = DriverRows(OrderRow, "id = ANY(:ids)", {"ids": Order.__table__.c.id}, for_update=True)
-_LOCK_BALANCES = DriverRows(
-    BalanceRow, "account_id = ANY(:accounts)", {"accounts": Balance.__table__.c.account_id}, for_update=True
-)
-_LOCK_POSITIONS = DriverRows(
-    PositionRow,
-    "account_id = ANY(:accounts) AND symbol = ANY(:symbols)",
-    {"accounts": Position.__table__.c.account_id, "symbols": Position.__table__.c.symbol},
+# A batch's rows, loaded and locked in ONE statement (D56): its orders, then (for fills, cancels and rejects) their
+# accounts' balances, then (for fills) their positions in the orders' symbols and the earlier fills of the orders
+# filled in part already, each set in id order (two processes never deadlock). Each is read by the user, account
+# (and symbol) of the orders, through the tables' unique indexes that begin with the user's id.
+_ORDERS = RowSet("o", OrderRow, "id = ANY(:ids)", for_update=True)
+_BALANCES = RowSet(
+    "b",
+    BalanceRow,
+    "user_id = ANY(ARRAY(SELECT user_id FROM o)) AND account_id = ANY(ARRAY(SELECT account_id FROM o))",
+    "user_id IN (SELECT user_id FROM o) AND account_id IN (SELECT account_id FROM o)",
     for_update=True,
 )
+_POSITIONS = RowSet(
+    "p",
+    PositionRow,
+    "user_id = ANY(ARRAY(SELECT user_id FROM o)) AND account_id = ANY(ARRAY(SELECT account_id FROM o)) "
+    "AND symbol = ANY(ARRAY(SELECT symbol FROM o))",
+    "user_id IN (SELECT user_id FROM o) AND account_id IN (SELECT account_id FROM o) "
+    "AND symbol IN (SELECT symbol FROM o)",
+    for_update=True,
+)
+_EARLIER_FILLS = RowSet(  # the exact average price needs the exact notional so far (read, not locked)
+    "t",
+    TradeRow,
+    "order_id = ANY(ARRAY(SELECT id FROM o WHERE filled_quantity > 0))",
+    "order_id IN (SELECT id FROM o WHERE filled_quantity > 0)",
+)
+_IDS: dict[str, Any] = {"ids": Order.__table__.c.id}
+_LOCK_ORDERS = DriverRowSets([_ORDERS], _IDS)
+_LOCK_FUNDS = DriverRowSets([_ORDERS, _BALANCES], _IDS)
+_LOCK_FILLED = DriverRowSets([_ORDERS, _BALANCES, _POSITIONS, _EARLIER_FILLS], _IDS)
 _T = Trade.__table__.c
 _STORED_TRADES = DriverStatement(
     "SELECT exchange, external_trade_id FROM trades WHERE external_trade_id = ANY(:trade_ids)",
     {"trade_ids": _T.external_trade_id},
     [_T.exchange, _T.external_trade_id],
-)
-_FILLED_SO_FAR = DriverStatement(
-    "SELECT order_id, quantity, price FROM trades WHERE order_id = ANY(:order_ids)",
-    {"order_ids": _T.order_id},
-    [_T.order_id, _T.quantity, _T.price],
 )
 
 
@@ -233,31 +248,26 @@ class EventApplier(Writer[list[Event], Changes]):
 
     async def _load(self, tx: DriverTx, events: list[Event], *, read_stored: bool) -> _Loaded:
         ids = sorted({uuid.UUID(e.order_id) for e in events})
-        orders = {o.id: o for o in await _LOCK_ORDERS.all(tx, ids=ids)}
-        accounts = sorted({o.account_id for o in orders.values() if o.account_id is not None})
-        symbols = sorted({o.symbol for o in orders.values()})
-        balances: dict[tuple[uuid.UUID, str], BalanceRow] = {}
-        positions: dict[tuple[uuid.UUID, str], PositionRow] = {}
-        stored: set[tuple[str, str]] = set()
-        notional: dict[uuid.UUID, Decimal] = {}
         fills = [e for e in events if isinstance(e, Filled)]
-        if accounts and any(isinstance(e, Filled | Cancelled | Rejected) for e in events):
-            for b in await _LOCK_BALANCES.all(tx, accounts=accounts):
-                balances[(b.account_id, b.asset)] = b
-        if not fills or not accounts:
-            return _Loaded(orders, balances, positions, stored, notional)
-        for p in await _LOCK_POSITIONS.all(tx, accounts=accounts, symbols=symbols):
-            positions[(p.account_id, p.symbol)] = p
+        if fills:
+            lock = _LOCK_FILLED
+        elif any(isinstance(e, Cancelled | Rejected) for e in events):
+            lock = _LOCK_FUNDS
+        else:
+            lock = _LOCK_ORDERS
+        found = await lock.all(tx, ids=ids)
+        loaded = _Loaded({o.id: o for o in found[0]}, {}, {}, set(), {})
+        if len(found) > 1:
+            loaded.balances = {(b.account_id, b.asset): b for b in found[1]}
+        if len(found) > 2:
+            loaded.positions = {(p.account_id, p.symbol): p for p in found[2]}
+            for trade in found[3]:
+                notional = loaded.notional.get(trade.order_id, Decimal(0))
+                loaded.notional[trade.order_id] = notional + trade.quantity * trade.price
         if read_stored:
             rows = await _STORED_TRADES.fetch(tx, trade_ids=sorted({e.fill.trade_id for e in fills}))
-            stored = {(exchange, trade_id) for exchange, trade_id in rows if trade_id is not None}
-        # The exact average needs the exact notional so far; an order with no fills yet has none to read.
-        earlier = sorted({o.id for o in orders.values() if o.filled_quantity > 0})
-        if earlier:
-            for order_id, quantity, price in await _FILLED_SO_FAR.fetch(tx, order_ids=earlier):
-                if order_id is not None:
-                    notional[order_id] = notional.get(order_id, Decimal(0)) + quantity * price
-        return _Loaded(orders, balances, positions, stored, notional)
+            loaded.stored_trades = {(exchange, trade_id) for exchange, trade_id in rows if trade_id is not None}
+        return loaded
 
     def _balance(self, loaded: _Loaded, order: OrderRow, asset: str) -> BalanceRow:
         if order.account_id is None:
