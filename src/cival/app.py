@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
     routers = (orders, portfolio, market_data, risk, accounts, system, auth, users, credentials, notifications, ws)
     for module in routers:
         app.include_router(module.router)
+    app.router.routes.insert(0, orders.DirectRoute())  # the order route's well-formed requests, first (D57)
     return app
 
 
