@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
 from cival.api.orders import DECLARED_ONLY, DirectRoute
@@ -116,6 +117,16 @@ async def test_a_placed_order_and_its_replays_answer_as_the_declared_route_would
     assert refused.json()["error"] == "idempotency_key_reused"
     assert _answer(refused) == _answer(expected)
     assert (await user.get(ORDERS)).json()["total"] == 1
+    metrics = (await user.client.get("/metrics")).text  # what the direct route served is counted under its path
+    assert 'cival_http_requests_total{method="POST",route="/api/v1/orders",status="201"}' in metrics
+
+
+def test_the_direct_route_names_itself_in_the_scope_and_lets_marked_requests_through() -> None:
+    route = DirectRoute()
+    scope = {"type": "http", "path": ORDERS, "method": "POST", "root_path": "", "headers": []}
+    match, child = route.matches(scope)
+    assert (match, child.get("route")) == (Match.FULL, route)
+    assert route.matches({**scope, DECLARED_ONLY: True})[0] == Match.NONE
 
 
 @pytest.mark.parametrize(

@@ -107,7 +107,10 @@ class DirectRoute(Route):
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if DECLARED_ONLY in scope:
             return Match.NONE, {}
-        return super().matches(scope)
+        match, child = super().matches(scope)
+        if match is Match.FULL:
+            child["route"] = self  # as FastAPI's routes name themselves: the metrics label it by its path at once
+        return match, child
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
