@@ -16,8 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cival.core.db import Database
-from cival.database.driver_sql import DriverInsert, DriverStatement, DriverUpdate, _dollar_quoted
+from cival.core.db import PREPARED_WRITES, Database, HeldConnection
+from cival.database.driver_sql import DriverInsert, DriverStatement, DriverUpdate, _dollar_quoted, unprepared_writes
 from cival.database.models import Order
 from tests.api._identity import Identities
 from tests.database.test_driver_sql import _account, _order, _stored
@@ -94,7 +94,8 @@ async def test_writes_and_commit_go_in_one_round_trip_on_postgresql(ids: Identit
         assert sent[-1] == "COMMIT"
     else:
         assert len(sent) == 1  # the insert, the update and the COMMIT
-        assert sent[0].startswith("INSERT INTO orders")
+        assert sent[0].startswith(f"EXECUTE {INSERT_ORDER.name}($cival")  # prepared on the connection (D58)
+        assert f"; EXECUTE {UPDATE_ORDER.name}($cival" in sent[0]
         assert sent[0].endswith("COMMIT")
     async with db.session(user_id, read_only=True) as session:
         statuses = (await session.scalars(select(Order.status).where(Order.client_order_id.like("trip-%")))).all()
@@ -185,3 +186,56 @@ async def test_work_meanwhile_runs_once_the_commit_is_sent_and_the_commit_still_
     async with db.session(user_id, read_only=True) as session:
         found = (await session.scalars(select(Order.client_order_id).where(Order.user_id == user_id))).all()
     assert found == ["meanwhile"]
+
+
+async def _prepared_on(tx: Any) -> set[str]:
+    rows = await tx.driver.fetch("SELECT name FROM pg_prepared_statements WHERE name LIKE 'cival\\_write\\_%'")
+    return {row[0] for row in rows}
+
+
+@pytest.mark.usefixtures("postgres_url")
+async def test_batch_writes_are_prepared_once_per_connection_before_its_first_transaction(
+    ids: Identities, db: Database
+) -> None:
+    user_id, account_id = await _account(ids)
+    held = HeldConnection()
+    try:
+        async with db.driver_transaction(None, held=held) as tx:
+            first = await _prepared_on(tx)
+        assert {INSERT_ORDER.name, UPDATE_ORDER.name} <= first  # every batch write of the process, at once
+        assert held.pooled.info[PREPARED_WRITES] == first
+        assert unprepared_writes(first, db.engine.dialect) == ("", [])  # what the next BEGIN adds: nothing
+        order = _order(user_id, account_id, "prepared-once")
+        async with db.driver_transaction(None, held=held) as tx:
+            await INSERT_ORDER.rows(tx, [order])
+            assert tx.deferred[-1].startswith(f"EXECUTE {INSERT_ORDER.name}(")
+        assert held.pooled.info[PREPARED_WRITES] == first
+    finally:
+        await db.release(held)
+    async with db.session(user_id, read_only=True) as session:
+        assert await session.scalar(select(Order.id).where(Order.client_order_id == "prepared-once")) == order.id
+
+
+@pytest.mark.usefixtures("postgres_url")
+async def test_a_write_deallocated_behind_its_back_is_prepared_again(ids: Identities, db: Database) -> None:
+    """A prepared write dropped from the connection (by hand: nothing in the platform does it) fails the one
+    transaction that counted on it; the next one on that connection asks the server what is left and prepares the
+    rest again."""
+    user_id, account_id = await _account(ids)
+    held = HeldConnection()
+    lost, kept = _order(user_id, account_id, "deallocated"), _order(user_id, account_id, "prepared-again")
+    try:
+        async with db.driver_transaction(None, held=held) as tx:
+            await tx.driver.execute(f"DEALLOCATE {INSERT_ORDER.name}")
+        with pytest.raises(Exception, match="does not exist"):
+            async with db.driver_transaction(None, held=held) as tx:
+                await INSERT_ORDER.rows(tx, [lost])
+        async with db.driver_transaction(None, held=held) as tx:
+            await INSERT_ORDER.rows(tx, [kept])
+        async with db.driver_transaction(None, held=held) as tx:
+            assert INSERT_ORDER.name in await _prepared_on(tx)
+    finally:
+        await db.release(held)
+    async with db.session(user_id, read_only=True) as session:
+        stored = (await session.scalars(select(Order.client_order_id).where(Order.user_id == user_id))).all()
+    assert stored == ["prepared-again"]

@@ -31,7 +31,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from cival.config import Settings
 from cival.core.exceptions import StartupError
-from cival.database.driver_sql import DriverTx
+from cival.database.driver_sql import DriverTx, unprepared_writes
 
 READ_ONLY = "cival_read_only"
 APP_ROLE = "cival_app"
@@ -40,6 +40,9 @@ SYSTEM_ROLE = "cival_system"
 _SET_USER = text("SELECT set_config('request.jwt.claim.sub', :uid, true)")
 _SET_SYSTEM = text(f"SET LOCAL ROLE {SYSTEM_ROLE}")
 _BEGIN_SYSTEM = f"BEGIN; SET LOCAL ROLE {SYSTEM_ROLE}"
+PREPARED_WRITES = "cival.prepared_writes"
+"""Key, in a pooled connection's `info`, of the names of the batch writes prepared on it (None: ask the server)."""
+_NO_SUCH_PREPARED_STATEMENT = "26000"
 
 
 def make_engine(url: str, *, pool_size: int = 10, app_role: bool = True) -> AsyncEngine:
@@ -206,15 +209,20 @@ class Database:
             try:
                 if self.is_sqlite:
                     await driver.execute("BEGIN IMMEDIATE")
-                elif user_id is None:
-                    await driver.execute(_BEGIN_SYSTEM)
                 else:
                     # A UUID's text is hex digits and dashes: nothing from input reaches the statement's text.
-                    await driver.execute(f"BEGIN; SELECT set_config('request.jwt.claim.sub', '{user_id}', true)")
+                    begin = (
+                        _BEGIN_SYSTEM
+                        if user_id is None
+                        else f"BEGIN; SELECT set_config('request.jwt.claim.sub', '{user_id}', true)"
+                    )
+                    await self._begin_with_writes_prepared(pooled, begin)
                 tx = DriverTx(driver, self.engine.dialect, defers=True)
                 yield tx
                 await tx.commit()  # with the writes it deferred (D53)
             except BaseException as exc:
+                if getattr(exc, "sqlstate", None) == _NO_SUCH_PREPARED_STATEMENT:
+                    pooled.info[PREPARED_WRITES] = None  # dropped behind our back: ask the server next time
                 lost = False
                 keep = keep and isinstance(exc, Exception)  # interrupted (cancelled): back to the pool, reset there
                 try:
@@ -232,6 +240,19 @@ class Database:
                     held.pooled = pooled if keep else None
                 if not keep:
                     await greenlet_spawn(pooled.close)
+
+    async def _begin_with_writes_prepared(self, pooled: Any, begin: str) -> None:
+        """`begin` on `pooled`'s connection, after the `PREPARE` of every batch write not prepared on it yet, in the
+        same round trip (D58). Which are prepared is kept in the pooled connection's `info`, which lives as long as
+        the server connection; when that is in doubt (None), the server is asked."""
+        driver = pooled.driver_connection
+        prepared: set[str] | None = pooled.info.setdefault(PREPARED_WRITES, set())
+        if prepared is None:
+            rows = await driver.fetch("SELECT name FROM pg_prepared_statements WHERE name LIKE 'cival\\_write\\_%'")
+            prepared = pooled.info[PREPARED_WRITES] = {row[0] for row in rows}
+        script, names = unprepared_writes(prepared, self.engine.dialect)
+        await driver.execute(script + begin)
+        prepared.update(names)
 
     async def release(self, held: HeldConnection) -> None:
         """Return the connection `held` keeps (if any) to the pool."""

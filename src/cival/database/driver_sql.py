@@ -13,7 +13,8 @@ PostgreSQL, in a transaction `Database.driver_transaction` opened (D53): each be
 rows as one JSON document of arrays (`jsonb_array_elements`), and they go to the server together with the COMMIT,
 in one round trip, or before the next statement of the transaction that reads or writes (`DriverTx.flush`), so
 every statement sees the writes before it. The document is dollar-quoted with a tag it does not contain: nothing
-in it is escaped or interpreted, whatever the values hold.
+in it is escaped or interpreted, whatever the values hold. Each such statement is prepared once per connection
+(`EXECUTE` with the document, D58): the server does not parse and plan it for every batch.
 """
 
 from __future__ import annotations
@@ -391,14 +392,20 @@ class _RowsWrite:
     """A write of whole batches of rows read from objects (attributes named as the columns' keys): one statement per
     row (`execute_many`) on SQLite or on a session's connection; deferred as ONE statement for all of them on
     PostgreSQL in a transaction that defers (D53), its rows in one JSON document of arrays: `template` with `{rows}`
-    where the rows go, read from the document as `x`, one column per value, typed as the table types it."""
+    where the rows go, read from the document as `x`, one column per value, typed as the table types it.
+
+    The deferred statement is a prepared statement of each connection (`name`, D58), prepared before the connection's
+    first transaction that may defer (`unprepared_writes`): the COMMIT's script executes it with the batch's document,
+    and PostgreSQL neither parses nor plans it again."""
 
     def __init__(self, columns: Sequence[Any], statement: DriverStatement, template: str) -> None:
         self.columns = list(columns)
         self.keys = [c.key for c in self.columns]
         self.statement = statement
         self._template = template
-        self._deferring: tuple[str, list[Processor]] | None = None  # the statement and encoders, on first deferral
+        self._deferring: tuple[str, list[Processor]] | None = None  # PREPARE statement and encoders, on first use
+        self.name = f"cival_write_{len(_WRITES)}"
+        _WRITES.append(self)
 
     async def rows(self, target: Target, objs: Sequence[Any]) -> None:
         if not objs:
@@ -415,9 +422,7 @@ class _RowsWrite:
         return [getattr(obj, key) for key in self.keys]
 
     def _deferred(self, rows: list[list[Any]], dialect: Dialect) -> str:
-        if self._deferring is None:
-            self._deferring = self._compile_deferred(dialect)
-        template, encoders = self._deferring
+        _, encoders = self._compiled(dialect)
         document = _DOCUMENT.encode(
             [
                 [
@@ -427,19 +432,40 @@ class _RowsWrite:
                 for row in rows
             ]
         )
-        return template.format(document=_dollar_quoted(document))
+        return f"EXECUTE {self.name}({_dollar_quoted(document)})"
+
+    def prepare(self, dialect: Dialect) -> str:
+        """The `PREPARE` of the deferred statement, its rows' document the parameter."""
+        return self._compiled(dialect)[0]
+
+    def _compiled(self, dialect: Dialect) -> tuple[str, list[Processor]]:
+        if self._deferring is None:
+            self._deferring = self._compile_deferred(dialect)
+        return self._deferring
 
     def _compile_deferred(self, dialect: Dialect) -> tuple[str, list[Processor]]:
-        """The deferred statement, with `{document}` where the rows go, and each column's encoder into it."""
+        """The deferred statement's `PREPARE`, and each column's encoder into its document."""
         values = ", ".join(
             f"r -> {i} AS {c.name}"
             if isinstance(c.type, JSON)
             else f"CAST(r ->> {i} AS {c.type.compile(dialect=dialect)}) AS {c.name}"
             for i, c in enumerate(self.columns)
         )
-        # Names and types from the table's definition; the rows come as one literal (`_dollar_quoted`).
-        rows = f"(SELECT {values} FROM jsonb_array_elements(CAST({{document}} AS jsonb)) AS r) AS x"  # noqa: S608
-        return self._template.replace("{rows}", rows), [_json_encoder(c.type, dialect) for c in self.columns]
+        # Names and types from the table's definition; the rows come as the parameter (a `_dollar_quoted` literal).
+        rows = f"(SELECT {values} FROM jsonb_array_elements(CAST($1 AS jsonb)) AS r) AS x"  # noqa: S608
+        prepare = f"PREPARE {self.name}(text) AS {self._template.replace('{rows}', rows)}"
+        return prepare, [_json_encoder(c.type, dialect) for c in self.columns]
+
+
+_WRITES: list[_RowsWrite] = []
+"""Every batch write made in this process, in the order made: each is prepared on each connection that defers."""
+
+
+def unprepared_writes(prepared: set[str], dialect: Dialect) -> tuple[str, list[str]]:
+    """The `PREPARE` statements of the batch writes not in `prepared` (names of those prepared on a connection), as
+    one script ending in `; ` (empty when there are none), and their names (D58)."""
+    missing = [write for write in _WRITES if write.name not in prepared]
+    return "".join(f"{write.prepare(dialect)}; " for write in missing), [write.name for write in missing]
 
 
 class DriverInsert(_RowsWrite):
