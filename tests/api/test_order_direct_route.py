@@ -117,6 +117,11 @@ async def test_a_placed_order_and_its_replays_answer_as_the_declared_route_would
     assert refused.json()["error"] == "idempotency_key_reused"
     assert _answer(refused) == _answer(expected)
     assert (await user.get(ORDERS)).json()["total"] == 1
+    market = {**body, "type": "market", "price": None}
+    filled = await user.post(ORDERS, json={k: v for k, v in market.items() if v is not None})
+    assert (filled.status_code, filled.json()["status"]) == (201, "filled")
+    read = await user.get(f"{ORDERS}/{filled.json()['id']}")  # the answer built while the fill's COMMIT was sent
+    assert read.content == filled.content
     metrics = (await user.client.get("/metrics")).text  # what the direct route served is counted under its path
     assert 'cival_http_requests_total{method="POST",route="/api/v1/orders",status="201"}' in metrics
 

@@ -69,6 +69,13 @@ class Changes:
     users: set[uuid.UUID] = field(default_factory=set)
     events: UserEvents | None = None
     """The messages to publish, built ahead (`EventApplier.prepare`, while the COMMIT is in flight: D55)."""
+    answers: dict[uuid.UUID, OrderOut] = field(default_factory=dict)
+    """Each changed order as the API shows it, built with its message (`prepare`)."""
+
+    def answer(self, order: OrderRow) -> OrderOut:
+        """`order` as the API shows it, as this change left it."""
+        built = self.answers.get(order.id)
+        return built if built is not None else OrderOut.model_validate(self.orders.get(order.id, order))
 
 
 @dataclass
@@ -360,8 +367,9 @@ class EventApplier(Writer[list[Event], Changes]):
 
     def prepare(self, changes: Changes) -> None:
         """Build what `publish_changes` will publish (`changes.events`): one message per changed row, in order,
-        grouped by user, each framed already (D55). It runs while the COMMIT is in flight and must not raise: a
-        failure leaves the building to `publish_changes`, which then logs it."""
+        grouped by user, each framed already (D55), and each changed order's answer to its caller
+        (`changes.answers`). It runs while the COMMIT is in flight and must not raise: a failure leaves the building
+        to `publish_changes` and `Changes.answer`, which then do it."""
         try:
             changes.events = self._events(changes)
         except Exception:
@@ -381,7 +389,8 @@ class EventApplier(Writer[list[Event], Changes]):
     def _events(changes: Changes) -> UserEvents:
         events: UserEvents = {}
         for order in changes.orders.values():
-            events.setdefault(order.user_id, []).append(framed("orders", order_message(order)))
+            out = changes.answers[order.id] = OrderOut.model_validate(order)  # the caller's answer too
+            events.setdefault(order.user_id, []).append(framed("orders", out.model_dump(mode="json")))
         for trade in changes.trades:
             events.setdefault(trade.user_id, []).append(framed("trades", trade_message(trade)))
         for position in changes.positions.values():
@@ -398,10 +407,6 @@ class EventApplier(Writer[list[Event], Changes]):
 def _quiet(future: asyncio.Future[Changes]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.error("writing owed snapshots failed", error=str(future.exception()))
-
-
-def order_message(order: OrderRow) -> dict[str, Any]:
-    return OrderOut.model_validate(order).model_dump(mode="json")
 
 
 def trade_message(trade: TradeRow) -> dict[str, Any]:

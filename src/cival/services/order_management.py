@@ -306,7 +306,7 @@ class OrderManagementService:
             self._cancel_before_send.discard(order.id)
         # No await between the venue's answer and `apply` queueing it: events are stored in the venue's order.
         changes = await self.applier.apply(events)
-        return OrderOut.model_validate(changes.orders.get(order.id, order))
+        return changes.answer(order)  # built while the batch's COMMIT was in flight
 
     async def _route_submit(self, order: OrderRow) -> OrderOut:
         reply = await self.route.request("submit", order.id)
