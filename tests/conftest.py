@@ -43,6 +43,19 @@ def need_service(what: str, how: str) -> None:
     pytest.skip(message)
 
 
+SERVICE_MARKERS = {"postgres_url": "postgres", "redis_url": "redis"}
+"""The fixture a test asks for a service by, and the marker CI's SQLite run deselects it by."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that asks for PostgreSQL or Redis carries its marker: without it, CI's run on SQLite would select it and
+    fail it (the service is required in CI), so it is refused here, on every machine."""
+    for item in items:
+        for fixture, marker in SERVICE_MARKERS.items():
+            if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None:
+                raise pytest.UsageError(f"{item.nodeid} asks for {fixture}: mark it @pytest.mark.{marker}")
+
+
 def _async_pg_url(url: str) -> str:
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):

@@ -193,6 +193,7 @@ async def _prepared_on(tx: Any) -> set[str]:
     return {row[0] for row in rows}
 
 
+@pytest.mark.postgres
 @pytest.mark.usefixtures("postgres_url")
 async def test_batch_writes_are_prepared_once_per_connection_before_its_first_transaction(
     ids: Identities, db: Database
@@ -216,6 +217,7 @@ async def test_batch_writes_are_prepared_once_per_connection_before_its_first_tr
         assert await session.scalar(select(Order.id).where(Order.client_order_id == "prepared-once")) == order.id
 
 
+@pytest.mark.postgres
 @pytest.mark.usefixtures("postgres_url")
 async def test_a_write_deallocated_behind_its_back_is_prepared_again(ids: Identities, db: Database) -> None:
     """A prepared write dropped from the connection (by hand: nothing in the platform does it) fails the one

@@ -270,6 +270,7 @@ async def test_row_sets_read_several_tables_in_one_statement_by_the_rows_before(
     assert nothing == [[], [], []]
 
 
+@pytest.mark.postgres
 @pytest.mark.usefixtures("postgres_url")
 async def test_row_sets_lock_the_sets_that_lock_until_the_transaction_ends(
     ids: Identities, db: Database, owner_engine: AsyncEngine

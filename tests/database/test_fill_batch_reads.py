@@ -44,6 +44,7 @@ def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+@pytest.mark.postgres
 @pytest.mark.usefixtures("postgres_url")
 async def test_the_fill_batch_reads_its_rows_through_indexes(owner_engine: AsyncEngine) -> None:
     async with owner_engine.connect() as conn:
