@@ -241,3 +241,29 @@ async def test_a_write_deallocated_behind_its_back_is_prepared_again(ids: Identi
     async with db.session(user_id, read_only=True) as session:
         stored = (await session.scalars(select(Order.client_order_id).where(Order.user_id == user_id))).all()
     assert stored == ["prepared-again"]
+
+
+@pytest.mark.postgres
+@pytest.mark.usefixtures("postgres_url")
+async def test_a_write_prepared_unbeknown_fails_one_begin_and_the_record_is_corrected(
+    ids: Identities, db: Database
+) -> None:
+    """The record says a write is not prepared when it is (a BEGIN whose answer was never read): preparing it again
+    fails that one transaction; the next asks the server and goes on."""
+    user_id, account_id = await _account(ids)
+    held = HeldConnection()
+    order = _order(user_id, account_id, "record-corrected")
+    try:
+        async with db.driver_transaction(None, held=held):
+            pass
+        held.pooled.info[PREPARED_WRITES].discard(INSERT_ORDER.name)
+        with pytest.raises(Exception, match="already exists"):
+            async with db.driver_transaction(None, held=held):
+                pass
+        async with db.driver_transaction(None, held=held) as tx:
+            await INSERT_ORDER.rows(tx, [order])
+        assert INSERT_ORDER.name in held.pooled.info[PREPARED_WRITES]
+    finally:
+        await db.release(held)
+    async with db.session(user_id, read_only=True) as session:
+        assert await session.scalar(select(Order.id).where(Order.client_order_id == "record-corrected")) == order.id

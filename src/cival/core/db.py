@@ -42,7 +42,9 @@ _SET_SYSTEM = text(f"SET LOCAL ROLE {SYSTEM_ROLE}")
 _BEGIN_SYSTEM = f"BEGIN; SET LOCAL ROLE {SYSTEM_ROLE}"
 PREPARED_WRITES = "cival.prepared_writes"
 """Key, in a pooled connection's `info`, of the names of the batch writes prepared on it (None: ask the server)."""
-_NO_SUCH_PREPARED_STATEMENT = "26000"
+_PREPARED_IN_DOUBT = ("26000", "42P05")
+"""A prepared write missing (dropped behind our back), or there already (prepared by a BEGIN whose answer was never
+read, its task cancelled): the connection's record of its prepared writes is wrong."""
 
 
 def make_engine(url: str, *, pool_size: int = 10, app_role: bool = True) -> AsyncEngine:
@@ -221,8 +223,8 @@ class Database:
                 yield tx
                 await tx.commit()  # with the writes it deferred (D53)
             except BaseException as exc:
-                if getattr(exc, "sqlstate", None) == _NO_SUCH_PREPARED_STATEMENT:
-                    pooled.info[PREPARED_WRITES] = None  # dropped behind our back: ask the server next time
+                if getattr(exc, "sqlstate", None) in _PREPARED_IN_DOUBT:
+                    pooled.info[PREPARED_WRITES] = None  # the record was wrong: ask the server next time
                 lost = False
                 keep = keep and isinstance(exc, Exception)  # interrupted (cancelled): back to the pool, reset there
                 try:
