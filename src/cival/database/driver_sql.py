@@ -94,6 +94,15 @@ async def _run_script(driver: Any, script: str) -> None:
 
 Target = DriverTx | AsyncSession
 
+
+def _decoded(values: Sequence[Any], processors: Sequence[Processor]) -> list[Any]:
+    """`values` as Python values: each through its column's result processor (a NULL stays None)."""
+    return [
+        value if process is None or value is None else process(value)
+        for value, process in zip(values, processors, strict=True)
+    ]
+
+
 Processor = Callable[[Any], Any] | None
 
 _PG_NUMERIC = 1700
@@ -129,10 +138,7 @@ class _Compiled:
         return out
 
     def decode(self, row: Sequence[Any]) -> list[Any]:
-        return [
-            value if process is None or value is None else process(value)
-            for value, process in zip(row, self.results, strict=True)
-        ]
+        return _decoded(row, self.results)
 
     async def fetch(self, driver: Any, params: list[Any]) -> Sequence[Sequence[Any]]:
         try:
@@ -230,11 +236,16 @@ class DriverStatement:
 
     async def fetch(self, target: Target, **values: Any) -> list[tuple[Any, ...]]:
         """Run in `target`'s transaction; the rows, decoded."""
+        compiled, rows = await self.records(target, **values)
+        return [tuple(compiled.decode(row)) for row in rows]
+
+    async def records(self, target: Target, **values: Any) -> tuple[_Compiled, Sequence[Sequence[Any]]]:
+        """Run in `target`'s transaction; the rows as the driver returns them, with the statement that decodes them
+        (`results`: one decoder per column), for a caller that decodes them its own way."""
         tx = await driver_tx(target)
         await tx.flush()
         compiled, values = self._compile(tx.dialect, values)
-        rows = await compiled.fetch(tx.driver, compiled.bind(values))
-        return [tuple(compiled.decode(row)) for row in rows]
+        return compiled, await compiled.fetch(tx.driver, compiled.bind(values))
 
     async def execute(self, target: Target, **values: Any) -> None:
         """Run in `target`'s transaction, for its effect."""
@@ -368,23 +379,15 @@ class DriverRowSets:
 
     async def all(self, target: Target, **values: Any) -> list[list[Any]]:
         tx = await driver_tx(target)
-        await tx.flush()
-        compiled, values = self._statement(tx.dialect)._compile(tx.dialect, values)
+        compiled, records = await self._statement(tx.dialect).records(tx, **values)
         found: list[list[Any]] = [[] for _ in self.sets]
         decoders = [
             (s.row, start, end, compiled.results[start:end])
             for s, (start, end) in zip(self.sets, self.slices, strict=True)
         ]
-        for fetched in await compiled.fetch(tx.driver, compiled.bind(values)):
-            row, start, end, processors = decoders[fetched[0]]
-            found[fetched[0]].append(
-                row(
-                    *[
-                        value if process is None or value is None else process(value)
-                        for value, process in zip(fetched[start:end], processors, strict=True)
-                    ]
-                )
-            )
+        for record in records:
+            row, start, end, processors = decoders[record[0]]
+            found[record[0]].append(row(*_decoded(record[start:end], processors)))
         return found
 
 
