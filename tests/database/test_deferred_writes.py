@@ -6,6 +6,7 @@ rows holds alike."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cival.core.db import PREPARED_WRITES, Database, HeldConnection
 from cival.database.driver_sql import DriverInsert, DriverStatement, DriverUpdate, _dollar_quoted, unprepared_writes
 from cival.database.models import Order
+from cival.database.types import DecimalPrecisionError
 from tests.api._identity import Identities
 from tests.database.test_driver_sql import _account, _order, _stored
 
@@ -57,6 +59,33 @@ async def test_deferred_rows_are_stored_as_the_orm_stores_them(
     assert await _stored(owner_engine, deferred.id, db.is_sqlite) == await _stored(
         owner_engine, by_orm.id, db.is_sqlite
     )
+
+
+async def test_values_off_the_fast_paths_are_stored_as_the_orm_stores_them(
+    ids: Identities, db: Database, owner_engine: AsyncEngine
+) -> None:
+    # A decimal with more places than its column but the same value, an integer, a time in another zone: the
+    # document's text for each is what the column's bind processor would make of it (D53).
+    user_id, account_id = await _account(ids)
+    elsewhere = datetime(2026, 11, 26, 18, 0, 15, 123456, tzinfo=timezone(timedelta(hours=5, minutes=30)))
+    odd: dict[str, Any] = {"price": Decimal("64123.123456780"), "fees": 3, "updated_at": elsewhere}
+    by_orm, deferred = _order(user_id, account_id, "orm", **odd), _order(user_id, account_id, "deferred", **odd)
+    async with db.session(user_id) as session:
+        session.add(by_orm)
+    async with db.driver_transaction(user_id) as tx:
+        await INSERT_ORDER.rows(tx, [deferred])
+    stored = await _stored(owner_engine, deferred.id, db.is_sqlite)
+    assert stored == await _stored(owner_engine, by_orm.id, db.is_sqlite)
+
+
+async def test_a_value_its_column_cannot_hold_is_refused_before_anything_is_sent(ids: Identities, db: Database) -> None:
+    user_id, account_id = await _account(ids)
+    order = _order(user_id, account_id, "too-fine", price=Decimal("64123.123456789"))
+    with pytest.raises(DecimalPrecisionError):
+        async with db.driver_transaction(user_id) as tx:
+            await INSERT_ORDER.rows(tx, [order])
+    async with db.driver_transaction(user_id) as tx:
+        assert await READ_ORDER.fetch(tx, id=order.id) == []
 
 
 async def test_a_statement_in_the_transaction_sees_the_writes_before_it(ids: Identities, db: Database) -> None:

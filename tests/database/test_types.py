@@ -462,6 +462,29 @@ def test_encoding_refuses_exactly_what_does_not_fit(value: Decimal) -> None:
             MONEY.process_bind_param(value, SQLITE)
 
 
+@given(st.one_of(st.decimals(), money(), st.integers(-(10**13), 10**13)), st.sampled_from([(20, 8), (10, 4), (5, 2)]))
+@example(Decimal("-0"), (20, 8))
+@example(Decimal("1.500000000"), (20, 8))
+@example(Decimal("1E+3"), (20, 8))
+@example(Decimal("1E+12"), (20, 8))
+@example(Decimal("-1E+12"), (20, 8))
+@example(Decimal("0.000000001"), (20, 8))
+@example(Decimal("Infinity"), (20, 8))
+@example(Decimal("NaN"), (20, 8))
+def test_checked_text_is_the_checked_value(value: Decimal | int, scale: tuple[int, int]) -> None:
+    # The deferred writes' fast text (D53) denotes exactly what `check` returns, and refuses exactly what it refuses.
+    column = ExactDecimal(*scale)
+    try:
+        checked = column.check(value)
+    except DecimalPrecisionError:
+        with pytest.raises(DecimalPrecisionError):
+            column.checked_text(value)
+        return
+    text = column.checked_text(value)
+    assert Decimal(text) == checked
+    assert "E" not in text.upper()  # plain digits, as NUMERIC reads them
+
+
 # --- UTCDateTime -------------------------------------------------------------------------------------------
 
 ZONES = [timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8)), timezone(timedelta(hours=14))]

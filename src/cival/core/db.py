@@ -129,10 +129,12 @@ class HeldConnection:
     intake and the fill applier each run one driver transaction after another, in one task. See
     `Database.driver_transaction(held=...)` and `Database.release`."""
 
-    __slots__ = ("pooled",)
+    __slots__ = ("begun", "pooled")
 
     def __init__(self) -> None:
         self.pooled: Any = None
+        self.begun: tuple[str, asyncio.Future[None]] | None = None
+        """A BEGIN sent ahead on `pooled` (`Database.begin_ahead`, D59): its text and its answer, not yet awaited."""
 
 
 class Database:
@@ -218,7 +220,8 @@ class Database:
                         if user_id is None
                         else f"BEGIN; SELECT set_config('request.jwt.claim.sub', '{user_id}', true)"
                     )
-                    await self._begin_with_writes_prepared(pooled, begin)
+                    if not await self._begun_ahead(held, begin):
+                        await self._begin_with_writes_prepared(pooled, begin)
                 tx = DriverTx(driver, self.engine.dialect, defers=True)
                 yield tx
                 await tx.commit()  # with the writes it deferred (D53)
@@ -256,8 +259,47 @@ class Database:
         await driver.execute(script + begin)
         prepared.update(names)
 
+    def begin_ahead(self, held: HeldConnection) -> None:
+        """Send the BEGIN of the platform's next driver transaction on `held`'s connection now, without waiting for
+        its answer (D59): a writer with work queued calls this before it lets more calls arrive, so the round trip
+        runs while the event loop does other work instead of at the start of the transaction. Only on PostgreSQL,
+        only on a connection already held, at most one ahead. `driver_transaction(None, held=held)` takes it up;
+        a writer that then runs no transaction calls `end_ahead`, so a connection never stays idle in a
+        transaction."""
+        if self.is_sqlite or held.pooled is None or held.begun is not None:
+            return
+        begin = self._begin_with_writes_prepared(held.pooled, _BEGIN_SYSTEM)
+        held.begun = (_BEGIN_SYSTEM, asyncio.ensure_future(begin))
+
+    async def _begun_ahead(self, held: HeldConnection | None, begin: str) -> bool:
+        """Whether `held`'s connection is in the transaction `begin` opens, begun ahead (its failure raised here);
+        a BEGIN ahead of another kind is ended first."""
+        if held is None or held.begun is None:
+            return False
+        if held.begun[0] != begin:
+            await self.end_ahead(held)
+            return False
+        answer, held.begun = held.begun[1], None
+        await answer
+        return True
+
+    async def end_ahead(self, held: HeldConnection) -> None:
+        """End a transaction begun ahead on `held` and not taken up (rolled back; a connection that fails to is
+        discarded)."""
+        if held.begun is None:
+            return
+        answer, held.begun = held.begun[1], None
+        await asyncio.gather(answer, return_exceptions=True)  # its failure is the ROLLBACK's to meet
+        try:
+            await held.pooled.driver_connection.execute("ROLLBACK")
+        except Exception as exc:
+            pooled, held.pooled = held.pooled, None
+            await greenlet_spawn(pooled.invalidate, exc)
+            await greenlet_spawn(pooled.close)
+
     async def release(self, held: HeldConnection) -> None:
         """Return the connection `held` keeps (if any) to the pool."""
+        await self.end_ahead(held)
         pooled, held.pooled = held.pooled, None
         if pooled is not None:
             await greenlet_spawn(pooled.close)

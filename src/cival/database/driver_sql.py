@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import operator
 import re
 import sqlite3
 import uuid
 from collections import namedtuple
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -539,19 +540,21 @@ def _json_encoder(type_: Any, dialect: Dialect) -> Processor:
     if isinstance(type_, JSON):
         return None
     if isinstance(type_, ExactDecimal) and dialect.name == "postgresql":
-        check = type_.check  # what its bind processor does on PostgreSQL
-
-        return lambda value: format(check(value), "f")
+        return type_.checked_text  # what its bind processor checks on PostgreSQL
     process = type_._cached_bind_processor(dialect)
     if isinstance(type_, UTCDateTime):
-        return lambda value: process(value).isoformat()
+        # Already in UTC (what the platform makes), the value's own text; otherwise made UTC, or refused, first.
+        return lambda value: (
+            value.isoformat() if type(value) is datetime and value.tzinfo is UTC else process(value).isoformat()
+        )
     if process is None:
         if type_.python_type is uuid.UUID:
-            return str
+            return _UUID_HEX  # its 32 hex digits: PostgreSQL reads a uuid so too
         return None if type_.python_type in (str, bool, int) else _json_text
     return lambda value: _json_text(process(value))
 
 
+_UUID_HEX: Callable[[uuid.UUID], str] = operator.attrgetter("hex")
 _DOCUMENT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 

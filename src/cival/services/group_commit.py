@@ -88,9 +88,11 @@ class Writer(Generic[ItemT, ResultT]):
     async def _drain(self) -> None:
         try:
             while self._queue:
+                self.database.begin_ahead(self.held)  # its round trip runs while the calls arrive (D59)
                 await let_arrive(self._queue)
                 batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
                 await self._store_batch(batch)
+                await self.database.end_ahead(self.held)  # a batch that ran no transaction left it unused
         except BaseException:
             await self.database.release(self.held)
             raise
