@@ -6,23 +6,33 @@ rows holds alike."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cival.core.db import PREPARED_WRITES, Database, HeldConnection
-from cival.database.driver_sql import DriverInsert, DriverStatement, DriverUpdate, _dollar_quoted, unprepared_writes
+from cival.database.driver_sql import (
+    DriverCheckedUpdate,
+    DriverInsert,
+    DriverStatement,
+    DriverUpdate,
+    _dollar_quoted,
+    unprepared_writes,
+)
 from cival.database.models import Order
 from cival.database.types import DecimalPrecisionError
 from tests.api._identity import Identities
 from tests.database.test_driver_sql import _account, _order, _stored
+from tests.database.test_fill_batch_reads import _nodes
 
 ORDERS = Order.__table__.c
 INSERT_ORDER = DriverInsert(Order.__table__)
@@ -296,3 +306,118 @@ async def test_a_write_prepared_unbeknown_fails_one_begin_and_the_record_is_corr
         await db.release(held)
     async with db.session(user_id, read_only=True) as session:
         assert await session.scalar(select(Order.id).where(Order.client_order_id == "record-corrected")) == order.id
+
+
+# --- checked updates (D61) -------------------------------------------------------------------------------------------
+
+CHECKED_ORDER = DriverCheckedUpdate(Order.__table__, ("status", "fees", "updated_at"))
+
+
+def _as_read(order: Order) -> SimpleNamespace:
+    return SimpleNamespace(status=order.status, fees=order.fees, updated_at=order.updated_at)
+
+
+@pytest.mark.postgres
+@pytest.mark.usefixtures("postgres_url")
+async def test_a_checked_update_writes_rows_unchanged_since_they_were_read(ids: Identities, db: Database) -> None:
+    user_id, account_id = await _account(ids)
+    orders = [_order(user_id, account_id, f"checked-{i}") for i in range(3)]
+    async with db.driver_transaction(user_id) as tx:
+        await INSERT_ORDER.rows(tx, orders)
+    read = [_as_read(o) for o in orders]
+    for order in orders:
+        order.status, order.fees = "cancelled", Decimal("0.5")
+    async with db.driver_transaction(user_id) as tx:
+        await CHECKED_ORDER.rows(tx, list(zip(orders, read, strict=True)))
+    async with db.driver_transaction(user_id) as tx:
+        stored = [(await READ_ORDER.fetch(tx, id=o.id))[0] for o in orders]
+    assert stored == [("cancelled", None, Decimal("0.5"))] * 3
+
+
+@pytest.mark.postgres
+@pytest.mark.usefixtures("postgres_url")
+async def test_a_checked_update_of_a_row_changed_since_it_was_read_fails_its_whole_transaction(
+    ids: Identities, db: Database
+) -> None:
+    user_id, account_id = await _account(ids)
+    kept, changed = _order(user_id, account_id, "kept"), _order(user_id, account_id, "changed")
+    async with db.driver_transaction(user_id) as tx:
+        await INSERT_ORDER.rows(tx, [kept, changed])
+    read = [_as_read(kept), _as_read(changed)]
+    changed.status = "rejected"
+    async with db.driver_transaction(user_id) as tx:  # someone else, meanwhile
+        await UPDATE_ORDER.rows(tx, [changed])
+    kept.status = changed.status = "cancelled"
+    late = _order(user_id, account_id, "late")
+
+    async def store() -> None:
+        async with db.driver_transaction(user_id) as tx:
+            await INSERT_ORDER.rows(tx, [late])
+            await CHECKED_ORDER.rows(tx, list(zip([kept, changed], read, strict=True)))
+
+    with pytest.raises(Exception, match="1 of 2 rows changed since they were read") as failed:
+        await store()
+    assert getattr(failed.value, "sqlstate", None) == "40001"  # serialization_failure: retry after reading
+    async with db.driver_transaction(user_id) as tx:
+        assert [(await READ_ORDER.fetch(tx, id=o.id))[0][0] for o in (kept, changed)] == ["pending", "rejected"]
+        assert await READ_ORDER.fetch(tx, id=late.id) == []  # nothing of the transaction is stored
+
+
+async def test_a_checked_update_needs_a_transaction_that_defers(ids: Identities, db: Database) -> None:
+    user_id, account_id = await _account(ids)
+    order = _order(user_id, account_id, "not-deferred")
+    async with db.session(user_id) as session:
+        session.add(order)
+    async with db.session(user_id) as session:  # an ORM session's transaction writes at once: nothing to check with
+        with pytest.raises(TypeError, match="deferred write"):
+            await CHECKED_ORDER.rows(session, [(order, _as_read(order))])
+    if db.is_sqlite:
+        async with db.driver_transaction(user_id) as tx:
+            with pytest.raises(TypeError, match="deferred write"):
+                await CHECKED_ORDER.rows(tx, [(order, _as_read(order))])
+
+
+@pytest.mark.postgres
+@pytest.mark.usefixtures("postgres_url")
+async def test_a_checked_update_reads_its_rows_by_key_on_a_table_without_statistics(owner_engine: AsyncEngine) -> None:
+    # A table that grew since it was last analyzed: the generic plan must not read all of it (D61).
+    async with owner_engine.connect() as conn:
+        transaction = await conn.begin()
+        try:
+            await conn.execute(text(SEED_ORDERS))
+            picked = (await conn.execute(text("SELECT id, status, fees, updated_at FROM orders LIMIT 2"))).all()
+            driver = (await conn.get_raw_connection()).driver_connection
+            await driver.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            await driver.execute(CHECKED_ORDER.prepare(conn.dialect))
+            rows = [
+                (
+                    SimpleNamespace(id=i, status="cancelled", fees=f, updated_at=u),
+                    SimpleNamespace(status=s, fees=f, updated_at=u),
+                )
+                for i, s, f, u in picked
+            ]
+            document = CHECKED_ORDER._deferred([CHECKED_ORDER._values(r) for r in rows], conn.dialect)
+            explained = await driver.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + document)
+            await driver.execute(f"DEALLOCATE {CHECKED_ORDER.name}")
+        finally:
+            await transaction.rollback()
+    nodes = _nodes((json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"])
+    scans = [n for n in nodes if n.get("Relation Name") == "orders" and "Scan" in n["Node Type"]]
+    assert scans, nodes
+    assert all("Seq Scan" not in n["Node Type"] for n in scans), [n["Node Type"] for n in scans]
+    assert sum(n["Actual Rows"] for n in scans) == 2
+
+
+SEED_ORDERS = """
+WITH u AS (
+    INSERT INTO users (id, email, password_hash)
+    SELECT gen_random_uuid(), 'checked-' || g || '-' || gen_random_uuid() || '@example.com', 'x'
+    FROM generate_series(1, 50) g RETURNING id
+), a AS (
+    INSERT INTO trading_accounts (id, user_id, exchange, account_id)
+    SELECT gen_random_uuid(), id, 'paper', 'paper-' || id FROM u RETURNING id, user_id
+)
+INSERT INTO orders (id, user_id, account_id, symbol, side, type, quantity, status, exchange, filled_quantity)
+SELECT gen_random_uuid(), user_id, id, 'BTC/USDT', 'buy', 'limit', 2, 'pending', 'paper', 0
+FROM a, generate_series(1, 100)
+"""

@@ -11,10 +11,12 @@ import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cival.core.service_registry import ServiceRegistry
-from cival.database.models import Order, PortfolioSnapshot, Position, Trade
+from cival.database.models import Balance, Order, PortfolioSnapshot, Position, Trade
 from cival.domain.matching import Cancelled, Filled
 from cival.domain.orders import CancelReason, Fill
 from cival.services.market_data_service import MarketDataService
@@ -162,3 +164,103 @@ async def test_snapshots_trail_a_burst_by_at_most_the_interval_and_are_never_los
         assert await snapshot_value() == await current_value()
     finally:
         applier.snapshot_seconds = 0.0
+
+
+# --- fills stored from the rows kept at their last commit (D61) -----------------------------------------------------
+
+
+async def _buys_at(ids: Identities, price: Decimal, count: int) -> list[str]:
+    """`count` resting GTC limit buys of 0.01 BTC at `price`, of a new user on a new paper account."""
+    user = await ids.new_user()
+    account = (await user.post(ACCOUNTS, json={"exchange": "paper"})).json()["id"]
+    out = []
+    for _ in range(count):
+        body = {
+            "account_id": account, "symbol": "BTC/USDT", "side": "buy", "type": "limit",
+            "quantity": "0.01", "price": str(price),
+        }  # fmt: skip
+        response = await user.post("/api/v1/orders", json=body)
+        assert response.status_code == 201, response.text
+        out.append(response.json()["id"])
+    return out
+
+
+async def _account_state(registry: ServiceRegistry, order_ids: list[str]) -> dict[str, object]:
+    """What the account's rows say, without ids and times: orders in placing order, balances, position."""
+    rows = await _rows(registry, order_ids)
+    account = rows[order_ids[0]].account_id
+    async with registry.database.system_session(read_only=True) as session:
+        balances = (await session.scalars(select(Balance).where(Balance.account_id == account))).all()
+        position = await session.scalar(select(Position).where(Position.account_id == account))
+    assert position is not None
+    return {
+        "orders": [
+            (o.status, o.filled_quantity, o.average_price, o.fees, o.reserved) for o in (rows[i] for i in order_ids)
+        ],
+        "balances": sorted((b.asset, b.free, b.locked, b.total) for b in balances),
+        "position": (position.size, position.average_price),
+    }
+
+
+def _reads_sent(registry: ServiceRegistry) -> list[str]:
+    """The fill batches' reads sent on the applier's connection from now on."""
+    sent: list[str] = []
+    driver = registry.orders.applier.held.pooled.driver_connection
+    driver.add_query_logger(lambda record: sent.append(record.query) if "FOR UPDATE" in record.query else None)
+    return sent
+
+
+@pytest.mark.postgres
+@pytest.mark.usefixtures("postgres_url")
+async def test_fills_of_rows_kept_at_their_last_commit_are_stored_without_reading_them_and_as_a_read_stores_them(
+    ids: Identities, registry: ServiceRegistry, market: MarketDataService
+) -> None:
+    applier = registry.orders.applier
+    book = registry.paper.engine("BTC/USDT").book
+    assert book is not None
+    price = (book.bids[0].price / 10).quantize(Decimal("0.01"))
+    kept, read = await _buys_at(ids, price, 3), await _buys_at(ids, price, 3)
+    for orders in (kept, read):  # the first fill of an account creates its position: it is read
+        await applier.apply([_fill(orders[0], "0.01", "0.01", price)])
+    sent = _reads_sent(registry)
+    await applier.apply([_fill(kept[1], "0.004", "0.004", price), _fill(kept[2], "0.01", "0.01", price)])
+    assert sent == []  # its orders, balances and position were all kept: nothing was read
+    applier.rows.clear()
+    await applier.apply([_fill(read[1], "0.004", "0.004", price), _fill(read[2], "0.01", "0.01", price)])
+    assert len(sent) == 1  # with nothing kept, the same batch is read
+    assert await _account_state(registry, kept) == await _account_state(registry, read)
+
+
+@pytest.mark.postgres
+@pytest.mark.usefixtures("postgres_url")
+async def test_a_kept_row_changed_since_is_read_again_and_the_fill_applied_to_what_it_holds(
+    ids: Identities, registry: ServiceRegistry, market: MarketDataService, owner_engine: AsyncEngine
+) -> None:
+    applier = registry.orders.applier
+    book = registry.paper.engine("BTC/USDT").book
+    assert book is not None
+    price = (book.bids[0].price / 10).quantize(Decimal("0.01"))
+    changed, reference = await _buys_at(ids, price, 2), await _buys_at(ids, price, 2)
+    for orders in (changed, reference):
+        await applier.apply([_fill(orders[0], "0.01", "0.01", price)])
+    account = (await _rows(registry, changed))[changed[0]].account_id
+    async with owner_engine.begin() as conn:  # another worker's deposit, which this process has not seen
+        await conn.execute(
+            text("UPDATE balances SET free = free + 100, total = total + 100 WHERE account_id = :a AND asset = 'USDT'"),
+            {"a": account},
+        )
+    sent = _reads_sent(registry)
+    changes = await applier.apply([_fill(changed[1], "0.01", "0.01", price)])
+    assert len(sent) == 1  # the checked update found the balance changed: the batch was read and stored again
+    assert [t.order_id for t in changes.trades] == [uuid.UUID(changed[1])]  # and the fill applied once
+    await applier.apply([_fill(reference[1], "0.01", "0.01", price)])
+    state, expected = await _account_state(registry, changed), await _account_state(registry, reference)
+    deposit = Decimal(100)
+    assert expected["balances"] == [
+        (asset, free - deposit, locked, total - deposit) if asset == "USDT" else (asset, free, locked, total)
+        for asset, free, locked, total in state["balances"]  # type: ignore[attr-defined]
+    ]
+    assert (state["orders"], state["position"]) == (expected["orders"], expected["position"])
+    usdt = applier.rows.balance(account, "USDT")  # what was read and written is what is kept now
+    assert usdt is not None
+    assert [b for b in state["balances"] if b[0] == "USDT"] == [("USDT", usdt.free, usdt.locked, usdt.total)]  # type: ignore[attr-defined]

@@ -402,11 +402,19 @@ class _RowsWrite:
     first transaction that may defer (`unprepared_writes`): the COMMIT's script executes it with the batch's document,
     and PostgreSQL neither parses nor plans it again."""
 
-    def __init__(self, columns: Sequence[Any], statement: DriverStatement, template: str) -> None:
+    def __init__(
+        self,
+        columns: Sequence[Any],
+        statement: DriverStatement | None,
+        template: str,
+        aliases: Sequence[str] | None = None,
+    ) -> None:
         self.columns = list(columns)
         self.keys = [c.key for c in self.columns]
-        self.statement = statement
+        self.statement = statement  # None: deferred only
         self._template = template
+        self._aliases = list(aliases) if aliases is not None else [c.name for c in self.columns]
+        self.key_index = 0  # the column `{keys}` in the template lists
         self._deferring: tuple[str, list[Processor]] | None = None  # PREPARE statement and encoders, on first use
         self.name = f"cival_write_{len(_WRITES)}"
         _WRITES.append(self)
@@ -418,6 +426,8 @@ class _RowsWrite:
         tx = await driver_tx(target)
         if tx.defers:
             tx.deferred.append(self._deferred(rows, tx.dialect))
+        elif self.statement is None:
+            raise TypeError(f"{type(self).__name__} is a deferred write: it needs a transaction that defers (D53)")
         else:
             keys = self.keys
             await self.statement.execute_many(tx, [dict(zip(keys, row, strict=True)) for row in rows])
@@ -450,14 +460,19 @@ class _RowsWrite:
     def _compile_deferred(self, dialect: Dialect) -> tuple[str, list[Processor]]:
         """The deferred statement's `PREPARE`, and each column's encoder into its document."""
         values = ", ".join(
-            f"r -> {i} AS {c.name}"
+            f"r -> {i} AS {alias}"
             if isinstance(c.type, JSON)
-            else f"CAST(r ->> {i} AS {c.type.compile(dialect=dialect)}) AS {c.name}"
-            for i, c in enumerate(self.columns)
+            else f"CAST(r ->> {i} AS {c.type.compile(dialect=dialect)}) AS {alias}"
+            for i, (c, alias) in enumerate(zip(self.columns, self._aliases, strict=True))
         )
         # Names and types from the table's definition; the rows come as the parameter (a `_dollar_quoted` literal).
         rows = f"(SELECT {values} FROM jsonb_array_elements(CAST($1 AS jsonb)) AS r) AS x"  # noqa: S608
-        prepare = f"PREPARE {self.name}(text) AS {self._template.replace('{rows}', rows)}"
+        statement = self._template.replace("{rows}", rows)
+        if "{keys}" in statement:  # the rows' keys as an array: the table is read by its index, whatever its size
+            key = self.columns[self.key_index]
+            keys = f"ARRAY(SELECT CAST(r ->> {self.key_index} AS {key.type.compile(dialect=dialect)}) FROM "  # noqa: S608
+            statement = statement.replace("{keys}", keys + "jsonb_array_elements(CAST($1 AS jsonb)) AS r)")
+        prepare = f"PREPARE {self.name}(text) AS {statement}"
         return prepare, [_json_encoder(c.type, dialect) for c in self.columns]
 
 
@@ -516,6 +531,36 @@ class DriverUpdate(_RowsWrite):
         )
         names = [*columns, key]
         super().__init__([c[name] for name in names], DriverStatement(sql, {name: c[name] for name in names}), template)
+
+
+class DriverCheckedUpdate(_RowsWrite):
+    """`DriverUpdate` for rows not read in the transaction (D61): each row is written only where the columns it
+    writes still hold the values they had when it was read, and if any row does not, the statement fails the
+    transaction (SQLSTATE 40001, `cival_expect_rows`, migration 0008): nothing is written over a change this
+    transaction has not seen. Rows are given as `(row, as_read)` pairs. A deferred write only (PostgreSQL): its check
+    runs with the COMMIT, or before the transaction's next statement."""
+
+    def __init__(self, table: FromClause, columns: Sequence[str], key: str = "id") -> None:
+        c, name = table.columns, table.description
+        from_rows = ", ".join(f"{c[n].name} = x.{c[n].name}" for n in columns)
+        unchanged = " AND ".join(f"{name}.{c[n].name} IS NOT DISTINCT FROM x.was_{c[n].name}" for n in columns)
+        # Names from the table's definition and the caller's constants; the rows come as the document.
+        template = (
+            f"WITH changed AS (UPDATE {name} SET {from_rows} FROM {{rows}} "  # noqa: S608
+            f"WHERE {name}.{c[key].name} = x.{c[key].name} AND {name}.{c[key].name} = ANY({{keys}}) "
+            f"AND {unchanged} RETURNING 1) "
+            "SELECT cival_expect_rows((SELECT count(*) FROM changed), jsonb_array_length(CAST($1 AS jsonb)))"
+        )
+        written = [c[n] for n in (*columns, key)]
+        aliases = [col.name for col in written] + [f"was_{c[n].name}" for n in columns]
+        super().__init__([*written, *(c[n] for n in columns)], None, template, aliases)
+        self.key_index = len(columns)
+        self._written = [col.key for col in written]
+        self._read = [c[n].key for n in columns]
+
+    def _values(self, obj: Any) -> list[Any]:
+        row, as_read = obj
+        return [getattr(row, key) for key in self._written] + [getattr(as_read, key) for key in self._read]
 
 
 def _json_text(value: Any) -> Any:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 """The newest migration's revision; a test checks it against the migrations directory."""
 _ADVISORY_LOCK_KEY = 0x43495641  # "CIVA": one migrator at a time on PostgreSQL
 

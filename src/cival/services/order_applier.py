@@ -3,7 +3,9 @@
 Every event a connector emits (fills, cancels, rejects, triggers) is queued here and applied by ONE task per
 process, so events are stored in exactly the order they were produced. The task takes whatever is queued (up to
 `max_batch` calls' worth) and applies it in ONE transaction: the orders involved, their balances and positions are
-loaded and locked in one query (each in id order, so two processes never deadlock), fills become `trades` (a
+loaded and locked in one query (each in id order, so two processes never deadlock) — or, for a batch of fills whose
+rows are all in the `RowCache` on PostgreSQL, taken from there and written with checked updates, the batch stored
+again the usual way if any row changed since (D61) —, fills become `trades` (a
 trade id already stored meets the trades' unique index, and the batch is stored again skipping it, so a fill is
 never applied twice), the orders' totals, the balances, the
 positions and each touched user's snapshot for today change together, and the transaction commits. Then the
@@ -50,6 +52,7 @@ from cival.services.portfolio_tracker import (
     write_changes,
 )
 from cival.services.risk_manager import alert_data
+from cival.services.row_cache import RowCache, copied
 
 log = get_logger(__name__)
 
@@ -88,6 +91,9 @@ class _Loaded:
     stored_trades: set[tuple[str, str]]
     notional: dict[uuid.UUID, Decimal]
     created: set[uuid.UUID] = field(default_factory=set)  # positions and balances new in this batch
+    as_read: dict[uuid.UUID, Any] | None = None
+    """Taken from the `RowCache`, not read (D61): each row's id -> the row as taken, which its update is checked
+    against."""
 
 
 # A batch's rows, loaded and locked in ONE statement (D56): its orders, then (for fills, cancels and rejects) their
@@ -140,8 +146,10 @@ class EventApplier(Writer[list[Event], Changes]):
         *,
         max_batch: int = 64,
         snapshot_seconds: float = 0.0,
+        rows: RowCache | None = None,
     ) -> None:
         super().__init__(database, "order-applier", max_batch=max_batch)
+        self.rows = rows if rows is not None else RowCache()  # shared with the intake (D61)
         self.instrument = instrument
         self.prices = prices
         self.starting_balances = starting_balances
@@ -208,7 +216,18 @@ class EventApplier(Writer[list[Event], Changes]):
         """Store `events` in one transaction. Whether a fill is stored already is not read first: the trades'
         unique index says so (a duplicate fails the transaction), and then the batch is stored again reading which
         trades are stored, so a fill is still never applied twice (D42: one round trip less per batch, and a venue
-        repeating a fill is rare)."""
+        repeating a fill is rare).
+
+        A batch of fills whose rows are all in the `RowCache` (on PostgreSQL) is first stored from those, with no
+        read (D61); if that fails — a row changed since it was kept, or anything else — the batch is stored the usual
+        way, which decides."""
+        cached = self._cached(events)
+        if cached is not None:
+            try:
+                return await self._store_once(events, read_stored=False, cached=cached)
+            except Exception as exc:
+                self.rows.forget(cached.orders, cached.balances, cached.positions)
+                log.info("fill batch read from the database after all", error=str(exc))
         try:
             return await self._store_once(events, read_stored=False)
         except IntegrityError:
@@ -216,14 +235,14 @@ class EventApplier(Writer[list[Event], Changes]):
                 raise
             return await self._store_once(events, read_stored=True)
 
-    async def _store_once(self, events: list[Event], *, read_stored: bool) -> Changes:
+    async def _store_once(self, events: list[Event], *, read_stored: bool, cached: _Loaded | None = None) -> Changes:
         changes = Changes()
         if not events and not self._owed:
             return changes
         prices = await self.prices()
         async with self.database.driver_transaction(None, held=self.held) as tx:  # the platform's, on the driver (D42)
             if events:
-                loaded = await self._load(tx, events, read_stored=read_stored)
+                loaded = cached if cached is not None else await self._load(tx, events, read_stored=read_stored)
                 for event in events:
                     self._apply(loaded, event, changes)
                 await write_changes(
@@ -233,11 +252,13 @@ class EventApplier(Writer[list[Event], Changes]):
                     changes.positions.values(),
                     changes.balances.values(),
                     loaded.created,
+                    loaded.as_read,
                 )
             due = self._due(changes.users)
             for user_id in due:
                 await record_snapshot(tx, user_id, prices, self.starting_balances)
             tx.meanwhile = lambda: self.prepare(changes)
+        self.rows.keep(changes.orders.values(), changes.balances.values(), changes.positions.values())
         written = time.monotonic()
         for user_id in due:
             self._snapshotted[user_id] = written
@@ -252,6 +273,32 @@ class EventApplier(Writer[list[Event], Changes]):
         self._owed |= changed
         now = time.monotonic()
         return sorted(u for u in self._owed if now - self._snapshotted.get(u, -math.inf) >= self.snapshot_seconds)
+
+    def _cached(self, events: list[Event]) -> _Loaded | None:
+        """The rows a batch of fills works on, from the `RowCache` (D61), or None if it cannot be stored from them:
+        not PostgreSQL (no checked updates), not only fills, or a row not kept — an order, its base or quote balance,
+        its position (none is created from the cache) — or an order filled in part already (its average price needs
+        its earlier fills)."""
+        if self.database.is_sqlite or not events or not all(isinstance(e, Filled) for e in events):
+            return None
+        as_read: dict[uuid.UUID, Any] = {}
+        loaded = _Loaded({}, {}, {}, set(), {}, as_read=as_read)
+        for order_id in {uuid.UUID(e.order_id) for e in events}:
+            order = self.rows.order(order_id)
+            if order is None or order.filled_quantity or order.account_id is None:
+                return None
+            instrument = self.instrument(order.exchange, order.symbol)
+            base = self.rows.balance(order.account_id, instrument.base_asset)
+            quote = self.rows.balance(order.account_id, instrument.quote_asset)
+            position = self.rows.position(order.account_id, order.symbol)
+            if base is None or quote is None or position is None:
+                return None
+            loaded.orders[order.id] = copied(order)
+            for kept in (base, quote):  # orders of one account share them: one copy to work on
+                loaded.balances.setdefault((order.account_id, kept.asset), copied(kept))
+            loaded.positions.setdefault((order.account_id, order.symbol), copied(position))
+            as_read.update({order.id: order, base.id: base, quote.id: quote, position.id: position})
+        return loaded
 
     async def _load(self, tx: DriverTx, events: list[Event], *, read_stored: bool) -> _Loaded:
         ids = sorted({uuid.UUID(e.order_id) for e in events})

@@ -40,6 +40,7 @@ from cival.services.group_commit import Writer
 from cival.services.order_applier import Changes
 from cival.services.portfolio_tracker import Funds, FundsKey, lock_funds, new_balance, reserve, write_new_orders
 from cival.services.risk_manager import Loaded, RateCounts, RiskGate, RiskRefused, refusal_alert, write_alerts
+from cival.services.row_cache import RowCache
 
 
 class AccountInactive(ValidationFailed):
@@ -84,11 +85,13 @@ class OrderIntake(Writer[NewOrder, Stored]):
         risk: RiskGate,
         publish_changes: Callable[[Changes], Awaitable[None]],
         prepare: Callable[[Changes], None],
+        rows: RowCache,
         *,
         max_batch: int = 64,
     ) -> None:
         super().__init__(database, "order-intake", max_batch=max_batch)
         self.risk = risk
+        self.rows = rows  # the applier's: what is stored here, its fills start from (D61)
         self.publish_changes = publish_changes
         self.prepare = prepare
         self._prepared: tuple[list[Stored | Exception], Changes] | None = None  # a batch's outcomes, its changes
@@ -133,6 +136,7 @@ class OrderIntake(Writer[NewOrder, Stored]):
                 await self._write(tx, writes)
                 tx.meanwhile = lambda: self._prepare(outcomes)
             stored = True
+            self.rows.keep(writes.orders, writes.balances.values())
         finally:
             for taken in counts.values():  # the unused ones, or all of them when nothing was stored
                 await self.risk.return_counts(taken, every=not stored)

@@ -126,7 +126,7 @@ class OrderManagementService:
             publish,
             snapshot_seconds=snapshot_seconds,
         )
-        self.intake = OrderIntake(database, risk, self.applier.publish_changes, self.applier.prepare)
+        self.intake = OrderIntake(database, risk, self.applier.publish_changes, self.applier.prepare, self.applier.rows)
         paper.sink = self.apply_events
         self._accounts: dict[tuple[uuid.UUID, uuid.UUID], str] = {}  # (user, account) -> exchange: never changes
         self._sending: set[uuid.UUID] = set()  # stored, not yet handed to the venue

@@ -10,7 +10,7 @@ module loads and stores rows.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, NamedTuple
@@ -18,7 +18,14 @@ from typing import Any, NamedTuple
 from sqlalchemy import ColumnElement, Integer, literal_column, select
 
 from cival.core.db import Database
-from cival.database.driver_sql import DriverInsert, DriverStatement, DriverTx, DriverUpdate, Target
+from cival.database.driver_sql import (
+    DriverCheckedUpdate,
+    DriverInsert,
+    DriverStatement,
+    DriverTx,
+    DriverUpdate,
+    Target,
+)
 from cival.database.models import Balance, Order, PortfolioSnapshot, Position, Trade, TradingAccount
 from cival.database.rows import BalanceRow, OrderRow, PositionRow, TradeRow
 from cival.domain import portfolio as pf
@@ -78,18 +85,29 @@ _LOCK_FUNDS = DriverStatement(
 """PostgreSQL, every (user, account, asset) of a batch in one statement: the balances are locked in id order (as
 the fill batch locks them: two transactions never wait on each other in a cycle), the accounts checked as the
 user's."""
-_SET_BALANCE = DriverUpdate(Balance.__table__, ("free", "locked", "total", "updated_at"))
+_SET_BALANCE_COLUMNS = ("free", "locked", "total", "updated_at")
+_SET_BALANCE = DriverUpdate(Balance.__table__, _SET_BALANCE_COLUMNS)
 _INSERT_BALANCE = DriverInsert(Balance.__table__)
 _INSERT_ORDER = DriverInsert(Order.__table__)
-_UPDATE_ORDER = DriverUpdate(
-    Order.__table__,
-    ("status", "filled_quantity", "average_price", "fees", "reserved", "reject_reason", "triggered_at", "updated_at"),
+_UPDATE_ORDER_COLUMNS = (
+    "status",
+    "filled_quantity",
+    "average_price",
+    "fees",
+    "reserved",
+    "reject_reason",
+    "triggered_at",
+    "updated_at",
 )
+_UPDATE_ORDER = DriverUpdate(Order.__table__, _UPDATE_ORDER_COLUMNS)
 _P = Position.__table__.c
-_UPDATE_POSITION = DriverUpdate(
-    Position.__table__, ("size", "average_price", "market_value", "unrealized_pnl", "updated_at")
-)
+_UPDATE_POSITION_COLUMNS = ("size", "average_price", "market_value", "unrealized_pnl", "updated_at")
+_UPDATE_POSITION = DriverUpdate(Position.__table__, _UPDATE_POSITION_COLUMNS)
 _INSERT_POSITION = DriverInsert(Position.__table__)
+# The same updates for rows the transaction did not read (D61): written only where unchanged since the cache kept them.
+_CHECKED_ORDER = DriverCheckedUpdate(Order.__table__, _UPDATE_ORDER_COLUMNS)
+_CHECKED_POSITION = DriverCheckedUpdate(Position.__table__, _UPDATE_POSITION_COLUMNS)
+_CHECKED_BALANCE = DriverCheckedUpdate(Balance.__table__, _SET_BALANCE_COLUMNS)
 _INSERT_TRADE = DriverInsert(Trade.__table__)
 FundsKey = tuple[uuid.UUID, uuid.UUID, str]
 """(user, account, asset)."""
@@ -153,24 +171,45 @@ async def write_changes(
     positions: Collection[PositionRow],
     balances: Collection[BalanceRow],
     created: Collection[uuid.UUID],
+    as_read: Mapping[uuid.UUID, Any] | None = None,
 ) -> None:
     """Write what applying a batch of venue events changed, in the caller's transaction, on the driver's connection
     (D38): the changed orders, the new trades, and the positions and balances (inserted when their id is in
-    `created`, updated otherwise; the caller loaded and locked those). One driver call per kind of write."""
-    await _UPDATE_ORDER.rows(tx, list(orders))
+    `created`, updated otherwise; the caller loaded and locked those). One driver call per kind of write.
+
+    With `as_read` (each updated row's id -> the row as it was when taken from the `RowCache`, D61), the rows were
+    not read in this transaction: each update is checked, and fails the transaction if its row changed since."""
+    updated = [p for p in positions if p.id not in created]
+    if as_read is None:
+        await _UPDATE_ORDER.rows(tx, list(orders))
+    else:
+        await _CHECKED_ORDER.rows(tx, [(o, as_read[o.id]) for o in orders])
     await _INSERT_TRADE.rows(tx, list(trades))
     await _INSERT_POSITION.rows(tx, [p for p in positions if p.id in created])
-    await _UPDATE_POSITION.rows(tx, [p for p in positions if p.id not in created])
-    await _write_balances(tx, balances, created)
+    if as_read is None:
+        await _UPDATE_POSITION.rows(tx, updated)
+    else:
+        await _CHECKED_POSITION.rows(tx, [(p, as_read[p.id]) for p in updated])
+    await _write_balances(tx, balances, created, as_read)
 
 
-async def _write_balances(tx: Target, balances: Collection[BalanceRow], created: Collection[uuid.UUID]) -> None:
-    """Stamp `balances` as changed now and write them: inserted when their id is in `created`, updated otherwise."""
+async def _write_balances(
+    tx: Target,
+    balances: Collection[BalanceRow],
+    created: Collection[uuid.UUID],
+    as_read: Mapping[uuid.UUID, Any] | None = None,
+) -> None:
+    """Stamp `balances` as changed now and write them: inserted when their id is in `created`, updated otherwise
+    (checked against `as_read`, as in `write_changes`, when given)."""
     now = datetime.now(UTC)
     for b in balances:
         b.updated_at = now
     await _INSERT_BALANCE.rows(tx, [b for b in balances if b.id in created])
-    await _SET_BALANCE.rows(tx, [b for b in balances if b.id not in created])
+    updated = [b for b in balances if b.id not in created]
+    if as_read is None:
+        await _SET_BALANCE.rows(tx, updated)
+    else:
+        await _CHECKED_BALANCE.rows(tx, [(b, as_read[b.id]) for b in updated])
 
 
 def new_balance(user_id: uuid.UUID, account: uuid.UUID, asset: str, exchange: str) -> BalanceRow:
