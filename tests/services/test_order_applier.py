@@ -135,7 +135,7 @@ async def test_a_fill_stored_before_is_skipped_and_the_rest_of_its_batch_is_appl
 
 
 async def test_snapshots_trail_a_burst_by_at_most_the_interval_and_are_never_lost(
-    ids: Identities, registry: ServiceRegistry, market: MarketDataService
+    ids: Identities, registry: ServiceRegistry, market: MarketDataService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (a,), _ = await _resting_buys(ids, registry, 1)
     row = (await _rows(registry, [a]))[a]
@@ -152,6 +152,14 @@ async def test_snapshots_trail_a_burst_by_at_most_the_interval_and_are_never_los
     async def current_value() -> Decimal:
         return (await registry.portfolio.summary(user_id)).total_value
 
+    valuations: list[int] = []
+    value = applier.prices
+
+    async def counted() -> dict[str, Decimal]:
+        valuations.append(1)
+        return await value()
+
+    monkeypatch.setattr(applier, "prices", counted)
     applier.snapshot_seconds = 3600.0
     try:
         await applier.apply([_fill(a, "0.004", "0.004", price)])
@@ -160,8 +168,10 @@ async def test_snapshots_trail_a_burst_by_at_most_the_interval_and_are_never_los
         await applier.apply([_fill(a, "0.01", "0.006", price)])
         assert await snapshot_value() == first  # within the interval: owed, not written yet
         assert await current_value() != first
+        assert len(valuations) == 1  # and the prices are read only for a batch that writes a snapshot (D62)
         await applier.flush_snapshots()  # what the timer (or shutdown) does
         assert await snapshot_value() == await current_value()
+        assert len(valuations) == 2
     finally:
         applier.snapshot_seconds = 0.0
 

@@ -239,7 +239,6 @@ class EventApplier(Writer[list[Event], Changes]):
         changes = Changes()
         if not events and not self._owed:
             return changes
-        prices = await self.prices()
         async with self.database.driver_transaction(None, held=self.held) as tx:  # the platform's, on the driver (D42)
             if events:
                 loaded = cached if cached is not None else await self._load(tx, events, read_stored=read_stored)
@@ -255,6 +254,7 @@ class EventApplier(Writer[list[Event], Changes]):
                     loaded.as_read,
                 )
             due = self._due(changes.users)
+            prices = await self.prices() if due else {}  # only snapshots value the holdings (D62)
             for user_id in due:
                 await record_snapshot(tx, user_id, prices, self.starting_balances)
             tx.meanwhile = lambda: self.prepare(changes)
