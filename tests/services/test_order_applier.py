@@ -26,11 +26,21 @@ from tests.api._identity import ACCOUNTS, Identities
 async def _resting_buys(ids: Identities, registry: ServiceRegistry, count: int) -> tuple[list[str], Decimal]:
     """`count` GTC limit buys of 0.01 BTC at a tenth of the market (their ids, and that price): they rest and nothing
     fills them."""
-    user = await ids.new_user()
-    account = (await user.post(ACCOUNTS, json={"exchange": "paper"})).json()["id"]
+    price = _far_below(registry)
+    return await _buys_at(ids, price, count), price
+
+
+def _far_below(registry: ServiceRegistry) -> Decimal:
+    """A tenth of the market's best bid: a buy there rests."""
     book = registry.paper.engine("BTC/USDT").book
     assert book is not None
-    price = (book.bids[0].price / 10).quantize(Decimal("0.01"))
+    return (book.bids[0].price / 10).quantize(Decimal("0.01"))
+
+
+async def _buys_at(ids: Identities, price: Decimal, count: int) -> list[str]:
+    """`count` resting GTC limit buys of 0.01 BTC at `price`, of a new user on a new paper account."""
+    user = await ids.new_user()
+    account = (await user.post(ACCOUNTS, json={"exchange": "paper"})).json()["id"]
     out = []
     for _ in range(count):
         body = {
@@ -41,7 +51,7 @@ async def _resting_buys(ids: Identities, registry: ServiceRegistry, count: int) 
         assert response.status_code == 201, response.text
         assert response.json()["status"] == "pending"
         out.append(response.json()["id"])
-    return out, price
+    return out
 
 
 def _fill(order_id: str, cumulative: str, quantity: str, price: Decimal) -> Filled:
@@ -179,22 +189,6 @@ async def test_snapshots_trail_a_burst_by_at_most_the_interval_and_are_never_los
 # --- fills stored from the rows kept at their last commit (D61) -----------------------------------------------------
 
 
-async def _buys_at(ids: Identities, price: Decimal, count: int) -> list[str]:
-    """`count` resting GTC limit buys of 0.01 BTC at `price`, of a new user on a new paper account."""
-    user = await ids.new_user()
-    account = (await user.post(ACCOUNTS, json={"exchange": "paper"})).json()["id"]
-    out = []
-    for _ in range(count):
-        body = {
-            "account_id": account, "symbol": "BTC/USDT", "side": "buy", "type": "limit",
-            "quantity": "0.01", "price": str(price),
-        }  # fmt: skip
-        response = await user.post("/api/v1/orders", json=body)
-        assert response.status_code == 201, response.text
-        out.append(response.json()["id"])
-    return out
-
-
 async def _account_state(registry: ServiceRegistry, order_ids: list[str]) -> dict[str, object]:
     """What the account's rows say, without ids and times: orders in placing order, balances, position."""
     rows = await _rows(registry, order_ids)
@@ -226,9 +220,7 @@ async def test_fills_of_rows_kept_at_their_last_commit_are_stored_without_readin
     ids: Identities, registry: ServiceRegistry, market: MarketDataService
 ) -> None:
     applier = registry.orders.applier
-    book = registry.paper.engine("BTC/USDT").book
-    assert book is not None
-    price = (book.bids[0].price / 10).quantize(Decimal("0.01"))
+    price = _far_below(registry)
     kept, read = await _buys_at(ids, price, 3), await _buys_at(ids, price, 3)
     for orders in (kept, read):  # the first fill of an account creates its position: it is read
         await applier.apply([_fill(orders[0], "0.01", "0.01", price)])
@@ -247,9 +239,7 @@ async def test_a_kept_row_changed_since_is_read_again_and_the_fill_applied_to_wh
     ids: Identities, registry: ServiceRegistry, market: MarketDataService, owner_engine: AsyncEngine
 ) -> None:
     applier = registry.orders.applier
-    book = registry.paper.engine("BTC/USDT").book
-    assert book is not None
-    price = (book.bids[0].price / 10).quantize(Decimal("0.01"))
+    price = _far_below(registry)
     changed, reference = await _buys_at(ids, price, 2), await _buys_at(ids, price, 2)
     for orders in (changed, reference):
         await applier.apply([_fill(orders[0], "0.01", "0.01", price)])
