@@ -43,7 +43,9 @@ async def test_the_gate_reads_working_orders_without_scanning_the_finished_ones(
         values = {"user_id": user.id, "account_id": uuid.UUID(account_id)}
         await conn.execute(insert, values | {"status": "filled", "n": 3000})
         await conn.execute(insert, values | {"status": "pending", "n": 2})
-    standing = standing_query(of_symbol=True).params(user_id=user.id, today=datetime.now(UTC).date(), symbol="BTC/USDT")
+    standing = standing_query(of_symbol=True).params(
+        user_id=user.id, today=datetime.now(UTC).date(), symbol="BTC/USDT", nth=0
+    )
     sql = str(standing.compile(dialect=PGDialect_asyncpg(), compile_kwargs={"literal_binds": True}))
     async with owner_engine.connect() as conn:
         plan = (await conn.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) " + sql))).scalar_one()

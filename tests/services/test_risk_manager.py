@@ -123,6 +123,40 @@ async def test_one_query_reads_limits_positions_working_orders_balances_snapshot
     assert loaded.account_openings[0].tzinfo is not None
 
 
+async def test_the_standings_of_a_batch_are_read_in_one_round_trip_each_as_its_own_load_reads_it(
+    registry: ServiceRegistry, gate: RiskGate
+) -> None:
+    # Three (user, symbol) keys of two users, one with orders in two symbols; and a user with nothing at all.
+    first, second, empty = await _user(registry), await _user(registry), await _user(registry)
+    accounts = {first: await _account(registry, first), second: await _account(registry, second, "250")}
+    await _limits(registry, second, open_orders="3")
+    async with registry.database.system_session() as session:
+        for user_id, symbol, size in ((first, BTC, "0.5"), (first, "ETH/USDT", "2"), (second, BTC, "1.5")):
+            session.add(Position(user_id=user_id, account_id=accounts[user_id], symbol=symbol, size=D(size),
+                                 average_price=D(100), exchange="paper"))  # fmt: skip
+        session.add(_order(second, accounts[second], status="pending", reserved=D("10.5")))
+    keys = [(first, BTC), (second, BTC), (first, "ETH/USDT"), (empty, BTC)]
+    calls: list[str] = []
+    async with registry.database.driver_transaction(None) as tx:
+        real = tx.driver
+
+        class Counting:  # the real connection, the calls that go to the server counted
+            def __getattr__(self, name: str) -> Any:
+                if name in ("fetch", "fetchmany", "execute", "executemany"):
+                    calls.append(name)
+                return getattr(real, name)
+
+        tx.driver = Counting()
+        many = await gate.load_many(keys, tx)
+        assert await gate.load_many([], tx) == []
+        tx.driver = real
+        one_by_one = [await gate.load(user_id, symbol, tx) for user_id, symbol in keys]
+    assert many == one_by_one
+    assert [sorted(m.positions.values()) for m in many] == [[D("0.5")], [D("1.5")], [D(2)], []]
+    assert [len(m.working) for m in many] == [0, 1, 0, 0]
+    assert calls == (["execute"] * 4 if registry.database.is_sqlite else ["fetchmany"])  # PostgreSQL: one round trip
+
+
 @pytest.mark.parametrize(("price", "passes"), [("109.99999999", True), ("110", True), ("110.00000001", False)])
 async def test_price_collar_at_an_exact_reference_price(
     registry: ServiceRegistry, gate: RiskGate, price: str, passes: bool

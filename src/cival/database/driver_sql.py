@@ -310,6 +310,29 @@ class DriverQuery:
         records = await compiled.fetch(tx.driver, compiled.bind(fixed | values))
         return [row(*compiled.decode(record)) for record in records]
 
+    async def fetch_each(self, target: Target, values: Sequence[dict[str, Any]]) -> list[Any]:
+        """The rows of the statement run once per element of `values`, in order, as one list: on PostgreSQL in ONE
+        round trip (asyncpg pipelines the executions, each its own statement: each sees what committed before it
+        ran), one after another on SQLite. A caller that needs to tell the runs' rows apart selects a parameter."""
+        tx = await driver_tx(target)
+        if not values:
+            return []
+        await tx.flush()
+        compiled, fixed, row = self._compile(tx.dialect)
+        if not compiled.asyncpg:
+            return [
+                row(*compiled.decode(r))
+                for v in values
+                for r in await compiled.fetch(tx.driver, compiled.bind(fixed | v))
+            ]
+        params = [compiled.bind(fixed | v) for v in values]
+        try:
+            records = await tx.driver.fetchmany(compiled.sql, params)
+        except Exception as exc:
+            _raise_as_sqlalchemy(exc, compiled.sql, params)
+            raise
+        return [row(*compiled.decode(record)) for record in records]
+
 
 @dataclass(frozen=True)
 class RowSet:

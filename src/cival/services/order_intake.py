@@ -122,11 +122,9 @@ class OrderIntake(Writer[NewOrder, Stored]):
         try:
             async with self.database.driver_transaction(None, held=self.held) as tx:
                 funds = await lock_funds(tx, {_key(new) for new in batch})
-                standings: dict[tuple[uuid.UUID, str], Loaded] = {}
-                for new in batch:
-                    order = new.order
-                    if (order.user_id, order.symbol) not in standings and _key(new) in funds:
-                        standings[(order.user_id, order.symbol)] = await self.risk.load(order.user_id, order.symbol, tx)
+                # Each (user, symbol)'s standing, read after the funds are locked, all in one round trip (D63).
+                keys = list({(new.order.user_id, new.order.symbol): None for new in batch if _key(new) in funds})
+                standings = dict(zip(keys, await self.risk.load_many(keys, tx), strict=True))
                 counts = await self._take_counts(batch, standings)
                 for new in batch:
                     try:
