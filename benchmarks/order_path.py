@@ -16,7 +16,9 @@ order is printed too and, on the standard event loop (`PLAIN_HTTP=1`; uvloop doe
 loop spent blocked in its selector: waiting, with nothing to run (for the database, since nothing else is here).
 
 Run: `.venv/bin/python -m benchmarks.order_path` (SQLite), with `CIVAL_BENCH_DATABASE_URL=postgresql://...` for
-PostgreSQL (a scratch database, dropped after). `ORDERS=` per run (3000), `CLIENTS=` the larger run's clients (8).
+PostgreSQL (a scratch database, dropped after). `ORDERS=` per run (3000), `CLIENTS=` the larger run's clients (8),
+`USERS=` how many users the clients' accounts belong to (1: one trader's accounts; `USERS=8`: eight traders, as a
+multi-tenant load is, so a write cycle judges and stores orders of several users).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from benchmarks.orders import BENCH_DB, QUANTITY, SYMBOL, raw_postgres, raw_sqli
 
 ORDERS = int(os.environ.get("ORDERS", "3000"))
 CLIENTS = int(os.environ.get("CLIENTS", "8"))
+USERS = int(os.environ.get("USERS", "1"))
 WARMUP_PER_CLIENT = 20
 IDLE_SECONDS = 3.0
 
@@ -76,30 +79,35 @@ def asgi_caller(app: Any) -> Call:
     return call
 
 
-async def set_up(call: Call) -> tuple[str, str, list[str]]:
-    """A trader with a paper account per client, `order_rate` raised, the market's book ready: token, user, accounts."""
-    login = json.dumps({"email": "order-path@example.com", "password": "benchmark-password"}).encode()
-    status, body = await call("POST", "/api/v1/auth/register", login)
-    assert status == 201, body
-    status, body = await call("POST", "/api/v1/auth/login", login)
-    token = json.loads(body)["access_token"]
-    status, body = await call("GET", "/api/v1/users/me", token=token)
-    user_id = json.loads(body)["id"]
-    accounts = []
+async def set_up(call: Call) -> tuple[str, list[tuple[str, str]]]:
+    """`USERS` traders with `order_rate` raised and a paper account per client between them, the market's book ready:
+    the first trader's id, and each client's (token, account)."""
+    users: list[tuple[str, str]] = []  # (token, user id)
+    for n in range(USERS):
+        login = json.dumps({"email": f"order-path-{n}@example.com", "password": "benchmark-password"}).encode()
+        status, body = await call("POST", "/api/v1/auth/register", login)
+        assert status == 201, body
+        status, body = await call("POST", "/api/v1/auth/login", login)
+        token = json.loads(body)["access_token"]
+        status, body = await call("GET", "/api/v1/users/me", token=token)
+        users.append((token, json.loads(body)["id"]))
+        status, body = await call("GET", "/api/v1/risk/limits", token=token)
+        rate = next(limit for limit in json.loads(body) if limit["limit_type"] == "order_rate")
+        raised = b'{"limit_value": "1000000000"}'
+        status, body = await call("PATCH", f"/api/v1/risk/limits/{rate['id']}", raised, token)
+        assert status == 200, body
+    clients = []
     for i in range(CLIENTS):
+        token = users[i % USERS][0]
         account = json.dumps({"exchange": "paper", "account_id": f"bench-{i}"}).encode()
         status, body = await call("POST", "/api/v1/accounts", account, token)
         assert status == 201, body
-        accounts.append(json.loads(body)["id"])
-    status, body = await call("GET", "/api/v1/risk/limits", token=token)
-    rate = next(limit for limit in json.loads(body) if limit["limit_type"] == "order_rate")
-    status, body = await call("PATCH", f"/api/v1/risk/limits/{rate['id']}", b'{"limit_value": "1000000000"}', token)
-    assert status == 200, body
+        clients.append((token, json.loads(body)["id"]))
     for _ in range(600):  # the simulated market's first step
         query = b"exchange=paper&symbol=" + SYMBOL.encode()
-        status, body = await call("GET", "/api/v1/market-data/orderbook", token=token, query=query)
+        status, body = await call("GET", "/api/v1/market-data/orderbook", token=users[0][0], query=query)
         if status == 200 and json.loads(body)["asks"]:
-            return token, user_id, accounts
+            return users[0][1], clients
         await asyncio.sleep(0.05)
     raise RuntimeError("no order book after 30 s")
 
@@ -144,13 +152,13 @@ class Waits:
 
 
 async def cpu_per_order(
-    call: Call, token: str, accounts: list[str], total: int, idle_ms: float, waits: Waits
+    call: Call, clients: list[tuple[str, str]], total: int, idle_ms: float, waits: Waits
 ) -> Measured:
-    """This process's CPU per order (milliseconds), `total` orders over `len(accounts)` clients, less the
+    """This process's CPU per order (milliseconds), `total` orders over the `clients` (token, account), less the
     background's share of the time they took (`idle_ms` per second); the wall time and the loop's waits per order."""
     remaining = total
 
-    async def client(account: str) -> None:
+    async def client(token: str, account: str) -> None:
         nonlocal remaining
         side = "buy"
         while remaining > 0:
@@ -161,11 +169,11 @@ async def cpu_per_order(
                 raise RuntimeError(f"POST /api/v1/orders: {status} {body[:300]!r}")
             side = "sell" if side == "buy" else "buy"
 
-    remaining = WARMUP_PER_CLIENT * len(accounts)
-    await asyncio.gather(*(client(a) for a in accounts))
+    remaining = WARMUP_PER_CLIENT * len(clients)
+    await asyncio.gather(*(client(*c) for c in clients))
     remaining = total
     started, cpu, waited = time.perf_counter(), time.process_time(), waits.seconds
-    await asyncio.gather(*(client(a) for a in accounts))
+    await asyncio.gather(*(client(*c) for c in clients))
     elapsed, cpu, waited = time.perf_counter() - started, time.process_time() - cpu, waits.seconds - waited
     waiting = waited * 1000 / total if waits.known else None
     return Measured((cpu * 1000 - idle_ms * elapsed) / total, elapsed * 1000 / total, waiting)
@@ -182,11 +190,12 @@ def measure(database_url: str, data_dir: str) -> tuple[Measured, Measured, float
 
     async def go() -> tuple[Measured, Measured, float, str, list[str]]:
         async with app.router.lifespan_context(app):
-            token, user_id, accounts = await set_up(call)
+            user_id, clients = await set_up(call)
+            accounts = [account for _, account in clients]
             idle_ms = await background()
             waits = Waits()
-            one = await cpu_per_order(call, token, accounts[:1], ORDERS // 2, idle_ms, waits)
-            many = await cpu_per_order(call, token, accounts, ORDERS, idle_ms, waits)
+            one = await cpu_per_order(call, clients[:1], ORDERS // 2, idle_ms, waits)
+            many = await cpu_per_order(call, clients, ORDERS, idle_ms, waits)
         return one, many, idle_ms, user_id, accounts
 
     one, many, idle_ms, user_id, accounts = _run(go())
@@ -210,7 +219,8 @@ def report(label: str, one_client: Measured, clients: Measured, idle_ms: float, 
     one, many = one_client.cpu_ms, clients.cpu_ms
     cycle = (one - many) * CLIENTS / (CLIENTS - 1)
     order = one - cycle
-    print(f"\n{label}: CPU per order in process (ASGI, no sockets), {ORDERS} orders with {CLIENTS} clients")
+    traders = "one trader's accounts" if USERS == 1 else f"the accounts of {USERS} traders"
+    print(f"\n{label}: CPU per order in process (ASGI, no sockets), {ORDERS} orders with {CLIENTS} clients ({traders})")
     print(f"(the background, {idle_ms:.0f} ms of CPU per second with no orders, is taken out of the figures)")
     print(f"{'what':<52} {'CPU ms':>8}")
     print(f"{'ceiling: raw client, the same writes in 1 txn':<52} {raw:>8.2f}")
