@@ -10,6 +10,7 @@ import asyncio
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from sqlalchemy import select, text
@@ -20,6 +21,7 @@ from cival.database.models import Balance, Order, PortfolioSnapshot, Position, T
 from cival.domain.matching import Cancelled, Filled
 from cival.domain.orders import CancelReason, Fill
 from cival.services.market_data_service import MarketDataService
+from cival.services.order_applier import Changes
 from tests.api._identity import ACCOUNTS, Identities
 
 
@@ -264,3 +266,24 @@ async def test_a_kept_row_changed_since_is_read_again_and_the_fill_applied_to_wh
     usdt = applier.rows.balance(account, "USDT")  # what was read and written is what is kept now
     assert usdt is not None
     assert [b for b in state["balances"] if b[0] == "USDT"] == [("USDT", usdt.free, usdt.locked, usdt.total)]  # type: ignore[attr-defined]
+
+
+async def test_the_users_of_a_batch_are_published_at_once_and_one_failing_keeps_no_other_back(
+    registry: ServiceRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    applier = registry.orders.applier
+    users = [uuid.uuid4() for _ in range(3)]
+    steps: list[tuple[str, uuid.UUID]] = []
+
+    async def publishing(user_id: uuid.UUID, events: list[tuple[str, Any]]) -> None:
+        steps.append(("start", user_id))
+        await asyncio.sleep(0)  # as a cache step on Redis waits for its answer: the others may start meanwhile
+        steps.append(("end", user_id))
+        if user_id == users[0]:
+            raise RuntimeError("the cache broke mid-step")
+
+    monkeypatch.setattr(applier, "publish", publishing)
+    changes = Changes(events={u: [("portfolio", {"changed": True})] for u in users})
+    await applier.publish_changes(changes)  # best effort: the failure is logged, not raised
+    assert [step for step, _ in steps[:3]] == ["start"] * 3  # all three on their way before any answer
+    assert sorted(u for step, u in steps if step == "end") == sorted(users)  # the first one's failure held none back

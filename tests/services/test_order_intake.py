@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,10 +24,11 @@ from cival.core.exceptions import NotFound
 from cival.core.service_registry import ServiceRegistry
 from cival.database.models import Balance, Order, RiskAlert
 from cival.domain import portfolio as pf
+from cival.domain.risk import Limit, LimitType
 from cival.services.market_data_service import MarketDataService
 from cival.services.order_applier import Changes
 from cival.services.order_intake import NewOrder, Stored
-from cival.services.risk_manager import DefaultsFirst
+from cival.services.risk_manager import DefaultsFirst, Loaded, RateCounts
 from tests.api._identity import ACCOUNTS, Caller, Identities
 
 BTC = "BTC/USDT"
@@ -258,3 +260,38 @@ async def test_a_batch_that_was_not_stored_gives_its_counts_back(
     # 1 before; the failed batch's 3 given back; then each alone: 3 more (the duplicate was judged, then not stored,
     # and its count given back with its transaction).
     assert await _rate_count(registry, user) == 3
+
+
+# --- several users in one batch (D64) ------------------------------------------------------------------------------
+
+
+async def test_a_batchs_order_rate_counts_are_taken_for_all_its_users_at_once_and_given_back_if_one_fails(
+    registry: ServiceRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    intake, risk_gate = registry.orders.intake, registry.risk
+    users = [uuid.uuid4() for _ in range(3)]
+    rate = Limit(LimitType.ORDER_RATE, Decimal(100))
+    batch: Any = [SimpleNamespace(order=SimpleNamespace(user_id=u, symbol="BTC/USDT")) for u in users]
+    standings = {(u, "BTC/USDT"): Loaded(limits=[rate]) for u in users}
+    steps: list[tuple[str, uuid.UUID]] = []
+    given_back: list[RateCounts] = []
+    take = risk_gate.take_counts
+
+    async def taking(user_id: uuid.UUID, wanted: int, limit: Limit) -> RateCounts:
+        steps.append(("start", user_id))
+        await asyncio.sleep(0)  # as a step on Redis waits for its answer: the others may start meanwhile
+        counts = await take(user_id, wanted, limit)
+        steps.append(("end", user_id))
+        if user_id == users[1]:
+            raise RuntimeError("the cache broke mid-step")
+        return counts
+
+    async def giving_back(counts: RateCounts, *, every: bool = False) -> None:
+        given_back.append(counts)
+
+    monkeypatch.setattr(risk_gate, "take_counts", taking)
+    monkeypatch.setattr(risk_gate, "return_counts", giving_back)
+    with pytest.raises(RuntimeError, match="mid-step"):
+        await intake._take_counts(batch, standings)
+    assert [step for step, _ in steps[:3]] == ["start"] * 3  # all three steps on their way before any answer
+    assert sorted(c.key for c in given_back) == sorted(risk_gate.rate_key(u) for u in (users[0], users[2]))

@@ -423,14 +423,18 @@ class EventApplier(Writer[list[Event], Changes]):
             changes.events = None
 
     async def publish_changes(self, changes: Changes) -> None:
-        """One message per changed row, in order, all of a user's in one call (one cache step); best effort (the
-        database already holds the truth)."""
+        """One message per changed row, in order, all of a user's in one call (one cache step), the users' calls at
+        once (D64: on Redis, one round trip's wait for them all, not one per user); best effort (the database
+        already holds the truth), and one user's failure does not keep the others' messages back."""
         try:
             events = changes.events if changes.events is not None else self._events(changes)
-            for user_id, user_events in events.items():
-                await self.publish(user_id, user_events)
         except Exception:
             log.exception("publishing order updates failed")
+            return
+        outcomes = await asyncio.gather(*(self.publish(u, e) for u, e in events.items()), return_exceptions=True)
+        for user_id, outcome in zip(events, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                log.error("publishing order updates failed", user_id=str(user_id), exc_info=outcome)
 
     @staticmethod
     def _events(changes: Changes) -> UserEvents:

@@ -22,6 +22,7 @@ the user's rows itself (the account check joins on the user), as the fill batch 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -148,8 +149,9 @@ class OrderIntake(Writer[NewOrder, Stored]):
     async def _take_counts(
         self, batch: list[NewOrder], standings: dict[tuple[uuid.UUID, str], Loaded]
     ) -> dict[uuid.UUID, RateCounts]:
-        """Each user's order-rate counts for this batch, in one cache step per user (D48): as many as the user has
-        orders here, when an order rate limit applies to them."""
+        """Each user's order-rate counts for this batch, in one cache step per user (D48), the users' steps at once
+        (D64): as many as the user has orders here, when an order rate limit applies to them. Should a step fail, the
+        counts the others took are given back before the failure is raised."""
         wanted: dict[uuid.UUID, tuple[Limit, int]] = {}
         for new in batch:
             order = new.order
@@ -157,7 +159,14 @@ class OrderIntake(Writer[NewOrder, Stored]):
             limit = None if loaded is None else risk.effective(loaded.limits, order.symbol).get(LimitType.ORDER_RATE)
             if limit is not None:
                 wanted[order.user_id] = (limit, wanted.get(order.user_id, (limit, 0))[1] + 1)
-        return {user_id: await self.risk.take_counts(user_id, n, limit) for user_id, (limit, n) in wanted.items()}
+        steps = (self.risk.take_counts(user_id, n, limit) for user_id, (limit, n) in wanted.items())
+        outcomes = await asyncio.gather(*steps, return_exceptions=True)
+        taken = [outcome for outcome in outcomes if not isinstance(outcome, BaseException)]
+        if len(taken) < len(outcomes):
+            for counts in taken:
+                await self.risk.return_counts(counts, every=True)
+            raise next(outcome for outcome in outcomes if isinstance(outcome, BaseException))
+        return dict(zip(wanted, taken, strict=True))
 
     async def _judge(
         self,
