@@ -133,8 +133,8 @@ class HeldConnection:
 
     def __init__(self) -> None:
         self.pooled: Any = None
-        self.begun: tuple[str, asyncio.Future[None]] | None = None
-        """A BEGIN sent ahead on `pooled` (`Database.begin_ahead`, D59): its text and its answer, not yet awaited."""
+        self.begun: asyncio.Future[None] | None = None
+        """The answer, not yet awaited, of the platform's BEGIN sent ahead on `pooled` (`Database.begin_ahead`, D59)."""
 
 
 class Database:
@@ -220,7 +220,7 @@ class Database:
                         if user_id is None
                         else f"BEGIN; SELECT set_config('request.jwt.claim.sub', '{user_id}', true)"
                     )
-                    if not await self._begun_ahead(held, begin):
+                    if not await self._begun_ahead(held, system=user_id is None):
                         await self._begin_with_writes_prepared(pooled, begin)
                 tx = DriverTx(driver, self.engine.dialect, defers=True)
                 yield tx
@@ -268,18 +268,17 @@ class Database:
         transaction."""
         if self.is_sqlite or held.pooled is None or held.begun is not None:
             return
-        begin = self._begin_with_writes_prepared(held.pooled, _BEGIN_SYSTEM)
-        held.begun = (_BEGIN_SYSTEM, asyncio.ensure_future(begin))
+        held.begun = asyncio.ensure_future(self._begin_with_writes_prepared(held.pooled, _BEGIN_SYSTEM))
 
-    async def _begun_ahead(self, held: HeldConnection | None, begin: str) -> bool:
-        """Whether `held`'s connection is in the transaction `begin` opens, begun ahead (its failure raised here);
-        a BEGIN ahead of another kind is ended first."""
+    async def _begun_ahead(self, held: HeldConnection | None, *, system: bool) -> bool:
+        """Whether `held`'s connection is in the platform's transaction begun ahead (its failure raised here); a
+        transaction on behalf of a user cannot take it up, and it is ended first."""
         if held is None or held.begun is None:
             return False
-        if held.begun[0] != begin:
+        if not system:
             await self.end_ahead(held)
             return False
-        answer, held.begun = held.begun[1], None
+        answer, held.begun = held.begun, None
         await answer
         return True
 
@@ -288,7 +287,7 @@ class Database:
         discarded)."""
         if held.begun is None:
             return
-        answer, held.begun = held.begun[1], None
+        answer, held.begun = held.begun, None
         await asyncio.gather(answer, return_exceptions=True)  # its failure is the ROLLBACK's to meet
         try:
             await held.pooled.driver_connection.execute("ROLLBACK")

@@ -320,11 +320,7 @@ class DriverQuery:
         await tx.flush()
         compiled, fixed, row = self._compile(tx.dialect)
         if not compiled.asyncpg:
-            return [
-                row(*compiled.decode(r))
-                for v in values
-                for r in await compiled.fetch(tx.driver, compiled.bind(fixed | v))
-            ]
+            return [found for v in values for found in await self.fetch(tx, **v)]
         params = [compiled.bind(fixed | v) for v in values]
         try:
             records = await tx.driver.fetchmany(compiled.sql, params)
@@ -437,7 +433,6 @@ class _RowsWrite:
         self.statement = statement  # None: deferred only
         self._template = template
         self._aliases = list(aliases) if aliases is not None else [c.name for c in self.columns]
-        self.key_index = 0  # the column `{keys}` in the template lists
         self._deferring: tuple[str, list[Processor]] | None = None  # PREPARE statement and encoders, on first use
         self.name = f"cival_write_{len(_WRITES)}"
         _WRITES.append(self)
@@ -490,12 +485,7 @@ class _RowsWrite:
         )
         # Names and types from the table's definition; the rows come as the parameter (a `_dollar_quoted` literal).
         rows = f"(SELECT {values} FROM jsonb_array_elements(CAST($1 AS jsonb)) AS r) AS x"  # noqa: S608
-        statement = self._template.replace("{rows}", rows)
-        if "{keys}" in statement:  # the rows' keys as an array: the table is read by its index, whatever its size
-            key = self.columns[self.key_index]
-            keys = f"ARRAY(SELECT CAST(r ->> {self.key_index} AS {key.type.compile(dialect=dialect)}) FROM "  # noqa: S608
-            statement = statement.replace("{keys}", keys + "jsonb_array_elements(CAST($1 AS jsonb)) AS r)")
-        prepare = f"PREPARE {self.name}(text) AS {statement}"
+        prepare = f"PREPARE {self.name}(text) AS {self._template.replace('{rows}', rows)}"
         return prepare, [_json_encoder(c.type, dialect) for c in self.columns]
 
 
@@ -567,17 +557,18 @@ class DriverCheckedUpdate(_RowsWrite):
         c, name = table.columns, table.description
         from_rows = ", ".join(f"{c[n].name} = x.{c[n].name}" for n in columns)
         unchanged = " AND ".join(f"{name}.{c[n].name} IS NOT DISTINCT FROM x.was_{c[n].name}" for n in columns)
-        # Names from the table's definition and the caller's constants; the rows come as the document.
+        # Names from the table's definition and the caller's constants; the rows come as the document. The rows'
+        # keys again as an array: the table is read by its index, whatever its size and statistics.
         template = (
             f"WITH changed AS (UPDATE {name} SET {from_rows} FROM {{rows}} "  # noqa: S608
-            f"WHERE {name}.{c[key].name} = x.{c[key].name} AND {name}.{c[key].name} = ANY({{keys}}) "
+            f"WHERE {name}.{c[key].name} = x.{c[key].name} "
+            f"AND {name}.{c[key].name} = ANY(ARRAY(SELECT x.{c[key].name} FROM {{rows}})) "
             f"AND {unchanged} RETURNING 1) "
             "SELECT cival_expect_rows((SELECT count(*) FROM changed), jsonb_array_length(CAST($1 AS jsonb)))"
         )
         written = [c[n] for n in (*columns, key)]
         aliases = [col.name for col in written] + [f"was_{c[n].name}" for n in columns]
         super().__init__([*written, *(c[n] for n in columns)], None, template, aliases)
-        self.key_index = len(columns)
         self._written = [col.key for col in written]
         self._read = [c[n].key for n in columns]
 

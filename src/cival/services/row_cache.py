@@ -14,14 +14,12 @@ At most `most` rows of each table are kept; the oldest kept go first.
 
 from __future__ import annotations
 
-import operator
 import uuid
-from collections.abc import Callable, Hashable, Iterable
-from dataclasses import fields
-from typing import Any, TypeVar
+from collections.abc import Hashable, Iterable
+from typing import TypeVar
 
 from cival.core.logging import get_logger
-from cival.database.rows import BalanceRow, OrderRow, PositionRow
+from cival.database.rows import BalanceRow, OrderRow, PositionRow, row_of
 from cival.domain.orders import TERMINAL_STATUSES
 
 log = get_logger(__name__)
@@ -30,24 +28,9 @@ _K = TypeVar("_K", bound=Hashable)
 TERMINAL = frozenset(status.value for status in TERMINAL_STATUSES)
 
 
-def _copier(cls: type[RowT]) -> Callable[[RowT], RowT]:
-    values = operator.attrgetter(*(f.name for f in fields(cls)))
-    return lambda row: cls(*values(row))
-
-
-_COPY_ORDER = _copier(OrderRow)
-_COPY_BALANCE = _copier(BalanceRow)
-_COPY_POSITION = _copier(PositionRow)
-_COPIERS: dict[type[Any], Callable[[Any], Any]] = {
-    OrderRow: _COPY_ORDER,
-    BalanceRow: _COPY_BALANCE,
-    PositionRow: _COPY_POSITION,
-}
-
-
 def copied(row: RowT) -> RowT:
     """A copy of `row` (of the order path's rows kept here) to change."""
-    return _COPIERS[type(row)](row)  # type: ignore[no-any-return]
+    return row_of(type(row), row)
 
 
 class RowCache:
@@ -71,11 +54,11 @@ class RowCache:
                 if order.status in TERMINAL:
                     self._orders.pop(order.id, None)
                 else:
-                    self._put(self._orders, order.id, _COPY_ORDER(order))
+                    self._put(self._orders, order.id, row_of(OrderRow, order))
             for balance in balances:
-                self._put(self._balances, (balance.account_id, balance.asset), _COPY_BALANCE(balance))
+                self._put(self._balances, (balance.account_id, balance.asset), row_of(BalanceRow, balance))
             for position in positions:
-                self._put(self._positions, (position.account_id, position.symbol), _COPY_POSITION(position))
+                self._put(self._positions, (position.account_id, position.symbol), row_of(PositionRow, position))
         except Exception:
             log.exception("keeping the order path's rows failed: the cache is emptied")
             self.clear()
