@@ -17,8 +17,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cival.core.exceptions import NotFound
 from cival.core.service_registry import ServiceRegistry
@@ -27,7 +28,7 @@ from cival.domain import portfolio as pf
 from cival.domain.risk import Limit, LimitType
 from cival.services.market_data_service import MarketDataService
 from cival.services.order_applier import Changes
-from cival.services.order_intake import NewOrder, Stored
+from cival.services.order_intake import AccountInactive, NewOrder, Stored
 from cival.services.risk_manager import DefaultsFirst, Loaded, RateCounts
 from tests.api._identity import ACCOUNTS, Caller, Identities
 
@@ -181,9 +182,11 @@ async def test_a_batch_whose_transaction_fails_is_stored_again_one_order_at_a_ti
         _new(registry, user, account, "0.01", client_order_id="used"),  # the unique index refuses the batch
         _new(registry, user, account, "0.01"),
     ]
+    registry.orders.intake.rows.clear()  # the batch reads its balances (D65)
     with _counting(registry, monkeypatch) as opened:
         outcomes = await _together(registry, news)
-    assert len(opened) == 4  # the batch, then each order alone
+    # The batch, then each order alone; on PostgreSQL the second is tried first from the balance the first kept.
+    assert len(opened) == (4 if registry.database.is_sqlite else 5)
     assert isinstance(outcomes[0], Stored)
     assert isinstance(outcomes[1], IntegrityError)
     assert isinstance(outcomes[2], Stored)
@@ -295,3 +298,136 @@ async def test_a_batchs_order_rate_counts_are_taken_for_all_its_users_at_once_an
         await intake._take_counts(batch, standings)
     assert [step for step, _ in steps[:3]] == ["start"] * 3  # all three steps on their way before any answer
     assert sorted(c.key for c in given_back) == sorted(risk_gate.rate_key(u) for u in (users[0], users[2]))
+
+
+# --- new orders stored from the balances kept at their last commit (D65) --------------------------------------------
+
+
+def _funds_reads(registry: ServiceRegistry) -> list[str]:
+    """The batches' funds reads (the locking ones) sent on the intake's connection from now on."""
+    sent: list[str] = []
+    driver = registry.orders.intake.held.pooled.driver_connection
+    driver.add_query_logger(lambda record: sent.append(record.query) if "FOR UPDATE" in record.query else None)
+    return sent
+
+
+async def _kept_trader(ids: Identities, registry: ServiceRegistry, **limits: str) -> tuple[Caller, uuid.UUID]:
+    """A trader whose USDT balance the intake keeps: one order stored already (read, then kept)."""
+    user, account = await _trader(ids, registry, **limits)
+    (first,) = await _together(registry, [_new(registry, user, account, "0.01")])
+    assert isinstance(first, Stored)
+    assert registry.orders.intake.rows.balance(account, "USDT") is not None
+    return user, account
+
+
+async def _orders_and_usdt(registry: ServiceRegistry, user: Caller, account: uuid.UUID) -> tuple[object, object]:
+    usdt = await _usdt(registry, account)
+    return [(o.status, o.reserved) for o in await _stored(registry, user)], (usdt.free, usdt.locked, usdt.total)
+
+
+@pytest.mark.postgres
+@pytest.mark.usefixtures("postgres_url")
+async def test_orders_on_kept_balances_are_stored_without_reading_them_and_as_a_read_stores_them(
+    ids: Identities, registry: ServiceRegistry, market: MarketDataService
+) -> None:
+    (kept_user, kept), (read_user, read) = await _kept_trader(ids, registry), await _kept_trader(ids, registry)
+    sent = _funds_reads(registry)
+    outcomes = await _together(registry, [_new(registry, kept_user, kept, q) for q in ("0.02", "0.03")])
+    assert sent == []  # both balances' rows were kept: nothing was read or locked
+    registry.orders.intake.rows.clear()
+    await _together(registry, [_new(registry, read_user, read, q) for q in ("0.02", "0.03")])
+    assert len(sent) == 1  # with nothing kept, the same batch is read
+    assert await _orders_and_usdt(registry, kept_user, kept) == await _orders_and_usdt(registry, read_user, read)
+    first = outcomes[0]
+    assert isinstance(first, Stored)  # what the caller is answered with is the balance as stored
+    stored = await _usdt(registry, kept)
+    assert [(b.free, b.locked) for b in first.balances.values()] == [(stored.free, stored.locked)]
+
+
+@pytest.mark.postgres
+@pytest.mark.usefixtures("postgres_url")
+async def test_a_kept_balance_changed_since_is_read_again_and_the_order_reserved_from_what_it_holds(
+    ids: Identities, registry: ServiceRegistry, market: MarketDataService, owner_engine: AsyncEngine
+) -> None:
+    user, account = await _kept_trader(ids, registry)
+    before = await _usdt(registry, account)
+    async with owner_engine.begin() as conn:  # another worker's deposit, which this process has not seen
+        await conn.execute(
+            text("UPDATE balances SET free = free + 100, total = total + 100 WHERE account_id = :a AND asset = 'USDT'"),
+            {"a": account},
+        )
+    sent = _funds_reads(registry)
+    new = _new(registry, user, account, "0.01")
+    (outcome,) = await _together(registry, [new])
+    assert isinstance(outcome, Stored)
+    assert len(sent) == 1  # the checked update found the balance changed: the batch was read and stored again
+    after = await _usdt(registry, account)
+    assert (after.free, after.locked, after.total) == (
+        before.free + 100 - new.amount,  # the deposit kept, the order reserved once
+        before.locked + new.amount,
+        before.total + 100,
+    )
+    assert [o.id for o in await _stored(registry, user)][1:] == [new.order.id]
+
+
+@pytest.mark.postgres
+@pytest.mark.usefixtures("postgres_url")
+async def test_an_account_deactivated_behind_a_kept_balance_refuses_the_order(
+    ids: Identities, registry: ServiceRegistry, market: MarketDataService, owner_engine: AsyncEngine
+) -> None:
+    user, account = await _kept_trader(ids, registry)
+    before = await _usdt(registry, account)
+    async with owner_engine.begin() as conn:  # deactivated by another worker: the kept balance itself is unchanged
+        await conn.execute(text("UPDATE trading_accounts SET is_active = false WHERE id = :a"), {"a": account})
+    (outcome,) = await _together(registry, [_new(registry, user, account, "0.01")])
+    assert isinstance(outcome, AccountInactive)
+    assert len(await _stored(registry, user)) == 1  # only the order placed before
+    after = await _usdt(registry, account)
+    assert (after.free, after.locked) == (before.free, before.locked)
+
+
+@pytest.mark.postgres
+@pytest.mark.usefixtures("postgres_url")
+async def test_a_batch_stored_again_judges_its_orders_as_placed(
+    ids: Identities,
+    registry: ServiceRegistry,
+    market: MarketDataService,
+    owner_engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    user, account = await _kept_trader(ids, registry, open_orders="3")  # one order working already
+    gate = registry.orders.intake.risk
+    load_many = gate.load_many
+    meanwhile: list[str] = []
+
+    async def then_another_worker(keys: Any, tx: Any) -> list[Loaded]:
+        loaded = await load_many(keys, tx)
+        if not meanwhile:  # after the first transaction read the standing: an order placed by another worker
+            meanwhile.append("done")
+            async with owner_engine.begin() as conn:
+                await conn.execute(
+                    text(
+                        "INSERT INTO orders (id, user_id, account_id, symbol, side, type, quantity, price, "
+                        "time_in_force, status, filled_quantity, fees, reserved, exchange) VALUES (:id, :u, :a, "
+                        "'BTC/USDT', 'buy', 'limit', 0.01, 10000, 'GTC', 'pending', 0, 0, 0, 'paper')"
+                    ),
+                    {"id": uuid.uuid4(), "u": user.id, "a": account},
+                )
+                await conn.execute(  # the balance written (its amounts as they were)
+                    text("UPDATE balances SET updated_at = now() WHERE account_id = :a AND asset = 'USDT'"),
+                    {"a": account},
+                )
+        return loaded
+
+    monkeypatch.setattr(gate, "load_many", then_another_worker)
+    news = [_new(registry, user, account, "0.01") for _ in range(2)]
+    outcomes = await _together(registry, news)
+    # The first transaction accepted both (two working of three) and failed its check; read again, the standing
+    # holds the other worker's order: the second is refused, and stored as refused, with nothing reserved.
+    assert [isinstance(o, Stored) and o.refusal is None for o in outcomes] == [True, False]
+    stored = {o.id: o for o in await _stored(registry, user)}
+    assert [(stored[n.order.id].status, stored[n.order.id].reserved) for n in news] == [
+        ("pending", news[0].amount),
+        ("rejected", 0),
+    ]
+    assert (await _usdt(registry, account)).locked == 2 * news[0].amount  # the first order's and this one's

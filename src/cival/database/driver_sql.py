@@ -551,12 +551,14 @@ class DriverCheckedUpdate(_RowsWrite):
     writes still hold the values they had when it was read, and if any row does not, the statement fails the
     transaction (SQLSTATE 40001, `cival_expect_rows`, migration 0008): nothing is written over a change this
     transaction has not seen. Rows are given as `(row, as_read)` pairs. A deferred write only (PostgreSQL): its check
-    runs with the COMMIT, or before the transaction's next statement."""
+    runs with the COMMIT, or before the transaction's next statement. `also`: a further condition (SQL, the caller's
+    constant, on the table's own columns) each row must meet, or the transaction fails the same way."""
 
-    def __init__(self, table: FromClause, columns: Sequence[str], key: str = "id") -> None:
+    def __init__(self, table: FromClause, columns: Sequence[str], key: str = "id", *, also: str = "") -> None:
         c, name = table.columns, table.description
         from_rows = ", ".join(f"{c[n].name} = x.{c[n].name}" for n in columns)
-        unchanged = " AND ".join(f"{name}.{c[n].name} IS NOT DISTINCT FROM x.was_{c[n].name}" for n in columns)
+        checks = [f"{name}.{c[n].name} IS NOT DISTINCT FROM x.was_{c[n].name}" for n in columns]
+        unchanged = " AND ".join([*checks, also] if also else checks)
         # Names from the table's definition and the caller's constants; the rows come as the document. The rows'
         # keys again as an array: the table is read by its index, whatever its size and statistics.
         template = (

@@ -16,8 +16,16 @@ once. In the batch's transaction, on the driver (D42), the platform's:
 An order that fails on its own (no such account, a deactivated account, too few funds, a gate that asks for its
 defaults or a kill-switch trip first) is answered with that error and left out; the others are stored. A batch
 whose transaction fails (a client order id used twice, the database gone) is stored again one order at a time, so
-a bad order fails alone. Row-level security cannot bind a transaction shared by several users: each statement names
-the user's rows itself (the account check joins on the user), as the fill batch does.
+a bad order fails alone.
+
+On PostgreSQL, step 1 is skipped when every balance the batch reserves from is in the `RowCache` as this process
+last committed it (D65): the batch starts from those, and each balance is written with a checked update — only if
+it is unchanged since and its account is still the user's and active — so it costs no round trip of its own. If
+any check fails (another worker, a deposit, a deactivation: anything), the transaction fails and the batch is
+stored again the usual way, which decides.
+
+Row-level security cannot bind a transaction shared by several users: each statement names the user's rows itself
+(the account check joins on the user), as the fill batch does.
 """
 
 from __future__ import annotations
@@ -25,12 +33,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from cival.core.db import Database
 from cival.core.exceptions import NotFound, ValidationFailed
-from cival.database.driver_sql import DriverTx
+from cival.core.logging import get_logger
 from cival.database.models import RiskAlert
 from cival.database.rows import BalanceRow, OrderRow
 from cival.domain import risk
@@ -39,9 +47,19 @@ from cival.domain.orders import OrderStatus
 from cival.domain.risk import Limit, LimitType
 from cival.services.group_commit import Writer
 from cival.services.order_applier import Changes
-from cival.services.portfolio_tracker import Funds, FundsKey, lock_funds, new_balance, reserve, write_new_orders
+from cival.services.portfolio_tracker import (
+    Funds,
+    FundsKey,
+    kept_funds,
+    lock_funds,
+    new_balance,
+    reserve,
+    write_new_orders,
+)
 from cival.services.risk_manager import Loaded, RateCounts, RiskGate, RiskRefused, refusal_alert, write_alerts
-from cival.services.row_cache import RowCache
+from cival.services.row_cache import RowCache, copied
+
+log = get_logger(__name__)
 
 
 class AccountInactive(ValidationFailed):
@@ -67,6 +85,14 @@ class NewOrder:
     amount: Decimal
     tripped: bool = False
     """The kill switch was just engaged for this order (`TripFirst`): it is judged as it came."""
+    placed: tuple[str, str | None, Decimal] = field(init=False)
+    """What judging the order changes, as placed: judged again (its batch stored again), it starts from these."""
+
+    def __post_init__(self) -> None:
+        self.placed = (self.order.status, self.order.reject_reason, self.order.reserved)
+
+    def reset(self) -> None:
+        self.order.status, self.order.reject_reason, self.order.reserved = self.placed
 
 
 @dataclass
@@ -114,7 +140,20 @@ class OrderIntake(Writer[NewOrder, Stored]):
         await self.publish_changes(prepared[1] if prepared is not None and prepared[0] is results else _merged(results))
 
     async def write_batch(self, batch: list[NewOrder]) -> list[Stored | Exception]:
-        """One transaction for the whole batch; each order's outcome, in order."""
+        """One transaction for the whole batch; each order's outcome, in order. From the balances kept in the
+        `RowCache` when all are (D65); should that transaction fail, the batch is stored again reading them."""
+        kept = None if self.database.is_sqlite else kept_funds(self.rows, {_key(new) for new in batch})
+        if kept is not None:
+            try:
+                return await self._write_once(batch, kept)
+            except Exception as exc:
+                self.rows.forget(balances=[(account_id, asset) for _, account_id, asset in kept])
+                log.info("new orders' balances read from the database after all", error=str(exc))
+        return await self._write_once(batch, None)
+
+    async def _write_once(
+        self, batch: list[NewOrder], kept: dict[FundsKey, BalanceRow] | None
+    ) -> list[Stored | Exception]:
         outcomes: list[Stored | Exception] = []
         self._prepared = None
         writes = _Batch([], [], {}, set())
@@ -122,17 +161,27 @@ class OrderIntake(Writer[NewOrder, Stored]):
         stored = False
         try:
             async with self.database.driver_transaction(None, held=self.held) as tx:
-                funds = await lock_funds(tx, {_key(new) for new in batch})
+                if kept is None:
+                    funds = await lock_funds(tx, {_key(new) for new in batch})
+                else:
+                    funds = {key: Funds(True, row.id, row.free, row.locked) for key, row in kept.items()}
                 # Each (user, symbol)'s standing, read after the funds are locked, all in one round trip (D63).
                 keys = list({(new.order.user_id, new.order.symbol): None for new in batch if _key(new) in funds})
                 standings = dict(zip(keys, await self.risk.load_many(keys, tx), strict=True))
                 counts = await self._take_counts(batch, standings)
                 for new in batch:
+                    new.reset()
                     try:
                         outcomes.append(await self._judge(new, funds, standings, counts, writes))
                     except Exception as exc:  # this order alone: nothing of it is written
                         outcomes.append(exc)
-                await self._write(tx, writes)
+                as_read = None
+                if kept is not None:  # every kept balance written, so every account checked (D65)
+                    for key, row in kept.items():
+                        writes.balances.setdefault(key, copied(row))
+                    as_read = {row.id: row for row in kept.values()}
+                await write_new_orders(tx, writes.orders, writes.balances.values(), writes.created, as_read)
+                await write_alerts(tx, writes.alerts)
                 tx.meanwhile = lambda: self._prepare(outcomes)
             stored = True
             self.rows.keep(writes.orders, writes.balances.values())
@@ -207,11 +256,6 @@ class OrderIntake(Writer[NewOrder, Stored]):
             stored.balances[balance.id] = balance
         stored.orders[order.id] = order
         return stored
-
-    @staticmethod
-    async def _write(tx: DriverTx, writes: _Batch) -> None:
-        await write_new_orders(tx, writes.orders, writes.balances.values(), writes.created)
-        await write_alerts(tx, writes.alerts)
 
 
 def _merged(outcomes: list[Stored | Exception]) -> Changes:

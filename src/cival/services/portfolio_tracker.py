@@ -30,6 +30,7 @@ from cival.database.models import Balance, Order, PortfolioSnapshot, Position, T
 from cival.database.rows import BalanceRow, OrderRow, PositionRow, TradeRow
 from cival.domain import portfolio as pf
 from cival.models.trading_models import PortfolioBalanceOut, PositionOut, SnapshotOut, SummaryOut
+from cival.services.row_cache import RowCache
 
 _EIGHT = Decimal("0.00000001")
 Prices = Callable[[], Awaitable[dict[str, Decimal]]]
@@ -108,6 +109,14 @@ _INSERT_POSITION = DriverInsert(Position.__table__)
 _CHECKED_ORDER = DriverCheckedUpdate(Order.__table__, _UPDATE_ORDER_COLUMNS)
 _CHECKED_POSITION = DriverCheckedUpdate(Position.__table__, _UPDATE_POSITION_COLUMNS)
 _CHECKED_BALANCE = DriverCheckedUpdate(Balance.__table__, _SET_BALANCE_COLUMNS)
+_CHECKED_FUNDS = DriverCheckedUpdate(
+    Balance.__table__,
+    _SET_BALANCE_COLUMNS,
+    also="EXISTS (SELECT FROM trading_accounts a "
+    "WHERE a.id = balances.account_id AND a.user_id = balances.user_id AND a.is_active)",
+)
+"""New orders' reservations from balances not read in the transaction (D65): checked as `_CHECKED_BALANCE` is, and
+each balance's account still its user's and active (what `lock_funds` reads)."""
 _INSERT_TRADE = DriverInsert(Trade.__table__)
 FundsKey = tuple[uuid.UUID, uuid.UUID, str]
 """(user, account, asset)."""
@@ -155,13 +164,30 @@ def reserve(order: OrderRow, asset: str, amount: Decimal, row: BalanceRow) -> No
     order.reserved = amount
 
 
+def kept_funds(rows: RowCache, keys: Collection[FundsKey]) -> dict[FundsKey, BalanceRow] | None:
+    """Each (user, account, asset)'s balance as the `RowCache` kept it (D65), or None unless all are kept (as the
+    user's). Never change a kept row; what `write_new_orders` writes from them is checked, the account included."""
+    kept: dict[FundsKey, BalanceRow] = {}
+    for key in keys:
+        row = rows.balance(key[1], key[2])
+        if row is None or row.user_id != key[0]:
+            return None
+        kept[key] = row
+    return kept
+
+
 async def write_new_orders(
-    tx: DriverTx, orders: Collection[OrderRow], balances: Collection[BalanceRow], created: Collection[uuid.UUID]
+    tx: DriverTx,
+    orders: Collection[OrderRow],
+    balances: Collection[BalanceRow],
+    created: Collection[uuid.UUID],
+    as_read: Mapping[uuid.UUID, Any] | None = None,
 ) -> None:
     """Insert a batch of new orders and write the balances their reservations changed (inserted when their id is in
-    `created`): one driver call per kind of write."""
+    `created`): one driver call per kind of write. With `as_read` (each balance's id -> the row `kept_funds` gave),
+    the balances were not locked in this transaction: their updates are checked (`_CHECKED_FUNDS`)."""
     await _INSERT_ORDER.rows(tx, list(orders))
-    await _write_balances(tx, balances, created)
+    await _write_balances(tx, balances, created, as_read, _CHECKED_FUNDS)
 
 
 async def write_changes(
@@ -198,9 +224,10 @@ async def _write_balances(
     balances: Collection[BalanceRow],
     created: Collection[uuid.UUID],
     as_read: Mapping[uuid.UUID, Any] | None = None,
+    checked: DriverCheckedUpdate = _CHECKED_BALANCE,
 ) -> None:
     """Stamp `balances` as changed now and write them: inserted when their id is in `created`, updated otherwise
-    (checked against `as_read`, as in `write_changes`, when given)."""
+    (checked against `as_read` with `checked`, as in `write_changes`, when given)."""
     now = datetime.now(UTC)
     for b in balances:
         b.updated_at = now
@@ -209,7 +236,7 @@ async def _write_balances(
     if as_read is None:
         await _SET_BALANCE.rows(tx, updated)
     else:
-        await _CHECKED_BALANCE.rows(tx, [(b, as_read[b.id]) for b in updated])
+        await checked.rows(tx, [(b, as_read[b.id]) for b in updated])
 
 
 def new_balance(user_id: uuid.UUID, account: uuid.UUID, asset: str, exchange: str) -> BalanceRow:
