@@ -320,6 +320,12 @@ async def _kept_trader(ids: Identities, registry: ServiceRegistry, **limits: str
     return user, account
 
 
+async def _elsewhere(owner_engine: AsyncEngine, sql: str, **params: Any) -> None:
+    """A write by another worker (as the schema's owner), which this process has not seen."""
+    async with owner_engine.begin() as conn:
+        await conn.execute(text(sql), params)
+
+
 async def _orders_and_usdt(registry: ServiceRegistry, user: Caller, account: uuid.UUID) -> tuple[object, object]:
     usdt = await _usdt(registry, account)
     return [(o.status, o.reserved) for o in await _stored(registry, user)], (usdt.free, usdt.locked, usdt.total)
@@ -351,11 +357,8 @@ async def test_a_kept_balance_changed_since_is_read_again_and_the_order_reserved
 ) -> None:
     user, account = await _kept_trader(ids, registry)
     before = await _usdt(registry, account)
-    async with owner_engine.begin() as conn:  # another worker's deposit, which this process has not seen
-        await conn.execute(
-            text("UPDATE balances SET free = free + 100, total = total + 100 WHERE account_id = :a AND asset = 'USDT'"),
-            {"a": account},
-        )
+    deposit = "UPDATE balances SET free = free + 100, total = total + 100 WHERE account_id = :a AND asset = 'USDT'"
+    await _elsewhere(owner_engine, deposit, a=account)
     sent = _funds_reads(registry)
     new = _new(registry, user, account, "0.01")
     (outcome,) = await _together(registry, [new])
@@ -377,8 +380,8 @@ async def test_an_account_deactivated_behind_a_kept_balance_refuses_the_order(
 ) -> None:
     user, account = await _kept_trader(ids, registry)
     before = await _usdt(registry, account)
-    async with owner_engine.begin() as conn:  # deactivated by another worker: the kept balance itself is unchanged
-        await conn.execute(text("UPDATE trading_accounts SET is_active = false WHERE id = :a"), {"a": account})
+    # Deactivated by another worker: the kept balance itself is unchanged.
+    await _elsewhere(owner_engine, "UPDATE trading_accounts SET is_active = false WHERE id = :a", a=account)
     (outcome,) = await _together(registry, [_new(registry, user, account, "0.01")])
     assert isinstance(outcome, AccountInactive)
     assert len(await _stored(registry, user)) == 1  # only the order placed before
