@@ -165,6 +165,8 @@ class OrderIntake(Writer[NewOrder, Stored]):
                     funds = await lock_funds(tx, {_key(new) for new in batch})
                 else:
                     funds = {key: Funds(True, row.id, row.free, row.locked) for key, row in kept.items()}
+                    # Every kept balance is written, so every account is checked (D65); orders reserve from these.
+                    writes.balances = {key: copied(row) for key, row in kept.items()}
                 # Each (user, symbol)'s standing, read after the funds are locked, all in one round trip (D63).
                 keys = list({(new.order.user_id, new.order.symbol): None for new in batch if _key(new) in funds})
                 standings = dict(zip(keys, await self.risk.load_many(keys, tx), strict=True))
@@ -175,11 +177,7 @@ class OrderIntake(Writer[NewOrder, Stored]):
                         outcomes.append(await self._judge(new, funds, standings, counts, writes))
                     except Exception as exc:  # this order alone: nothing of it is written
                         outcomes.append(exc)
-                as_read = None
-                if kept is not None:  # every kept balance written, so every account checked (D65)
-                    for key, row in kept.items():
-                        writes.balances.setdefault(key, copied(row))
-                    as_read = {row.id: row for row in kept.values()}
+                as_read = None if kept is None else {row.id: row for row in kept.values()}
                 await write_new_orders(tx, writes.orders, writes.balances.values(), writes.created, as_read)
                 await write_alerts(tx, writes.alerts)
                 tx.meanwhile = lambda: self._prepare(outcomes)

@@ -205,18 +205,26 @@ async def write_changes(
 
     With `as_read` (each updated row's id -> the row as it was when taken from the `RowCache`, D61), the rows were
     not read in this transaction: each update is checked, and fails the transaction if its row changed since."""
-    updated = [p for p in positions if p.id not in created]
-    if as_read is None:
-        await _UPDATE_ORDER.rows(tx, list(orders))
-    else:
-        await _CHECKED_ORDER.rows(tx, [(o, as_read[o.id]) for o in orders])
+    await _update(tx, orders, as_read, _UPDATE_ORDER, _CHECKED_ORDER)
     await _INSERT_TRADE.rows(tx, list(trades))
     await _INSERT_POSITION.rows(tx, [p for p in positions if p.id in created])
-    if as_read is None:
-        await _UPDATE_POSITION.rows(tx, updated)
-    else:
-        await _CHECKED_POSITION.rows(tx, [(p, as_read[p.id]) for p in updated])
+    await _update(tx, [p for p in positions if p.id not in created], as_read, _UPDATE_POSITION, _CHECKED_POSITION)
     await _write_balances(tx, balances, created, as_read)
+
+
+async def _update(
+    tx: Target,
+    rows: Collection[Any],
+    as_read: Mapping[uuid.UUID, Any] | None,
+    plain: DriverUpdate,
+    checked: DriverCheckedUpdate,
+) -> None:
+    """`rows` updated with `plain`, or, taken from the `RowCache` (`as_read` given), with `checked` against the rows
+    as taken (D61)."""
+    if as_read is None:
+        await plain.rows(tx, list(rows))
+    else:
+        await checked.rows(tx, [(row, as_read[row.id]) for row in rows])
 
 
 async def _write_balances(
@@ -232,11 +240,7 @@ async def _write_balances(
     for b in balances:
         b.updated_at = now
     await _INSERT_BALANCE.rows(tx, [b for b in balances if b.id in created])
-    updated = [b for b in balances if b.id not in created]
-    if as_read is None:
-        await _SET_BALANCE.rows(tx, updated)
-    else:
-        await checked.rows(tx, [(b, as_read[b.id]) for b in updated])
+    await _update(tx, [b for b in balances if b.id not in created], as_read, _SET_BALANCE, checked)
 
 
 def new_balance(user_id: uuid.UUID, account: uuid.UUID, asset: str, exchange: str) -> BalanceRow:
