@@ -5,12 +5,17 @@
    8 concurrent keep-alive clients, against one uvicorn worker running the real app with the simulated market on
    (1 s step; measuring starts once `/api/v1/market-data/orderbook` answers and each client has placed
    `WARMUP_PER_CLIENT` orders, as many as each ceiling client's warm-up transactions).
-2. The ceiling, same database, same run, after the server stopped: per order ONE transaction that inserts an order
+2. The ceiling, same database, same run, while no server runs: per order ONE transaction that inserts an order
    and a trade, upserts a position and updates two balances, issued with raw SQL (sqlite3 via aiosqlite on SQLite,
    asyncpg on PostgreSQL) from 8 concurrent clients, each on its own account. Its CPU column is the raw client's
    own CPU per transaction, beside the server's CPU per order. Shown beside it, not a target: the same writes in
    the TWO transactions the order path must use (the order stored with its funds locked and committed before it
    is sent to the venue, then the fill), which says how much of the gap is that rule and how much is the path.
+   Sections 1 and 2 alternate in `ROUNDS` rounds (3): each round starts a server on the same database, measures its
+   share of the orders, stops it, then runs its share of each ceiling; the figures are over all rounds together
+   (rates over the summed time, percentiles over all latencies), and each round's ratio is printed. This machine's
+   speed drifts from one minute to the next (the same code's CPU per order has moved 2x between runs): measuring
+   the API and its ceiling close together, several times, keeps a slow phase from landing on one side only.
 3. `--gate` (the risk issue): the cost of the pre-trade risk gate. One server child, the same user and accounts,
    batches of orders with every limit type configured (`GATE_LIMITS`, sized so none refuses: the gate does all its
    work), with no limits at all (the gate still reads the user's standing to learn that), and with the gate taken
@@ -26,10 +31,10 @@ Run: `.venv/bin/python -m benchmarks.orders [--gate] [--profile] [--sections]` f
 `PLAIN_HTTP=1` runs the servers on the standard asyncio loop and h11 instead of uvloop and httptools (D36).
 PostgreSQL is measured too when `CIVAL_BENCH_DATABASE_URL=postgresql://user@host:port/any` is set (a scratch
 database is created there, migrated, and dropped afterwards). `ORDERS=... RAW=...` change the sizes, `CLIENTS=`
-the number of concurrent clients on both sides (8), `SKIP_FLOOR=1` skips the HTTP floor run. `--profile` runs one
-extra, smaller SQLite pass with cProfile inside the server child (cProfile sees the event loop thread only:
-time inside aiosqlite's worker thread shows up as waiting); `--sections` one with wall-clock timers around each
-step of the order path (awaits included, so lock waits show).
+the number of concurrent clients on both sides (8), `ROUNDS=` the rounds (3), `SKIP_FLOOR=1` skips the HTTP floor
+run (measured in the last round). `--profile` runs one extra, smaller SQLite pass with cProfile inside the server
+child (cProfile sees the event loop thread only: time inside aiosqlite's worker thread shows up as waiting);
+`--sections` one with wall-clock timers around each step of the order path (awaits included, so lock waits show).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -56,6 +61,7 @@ from benchmarks._server import serve
 
 ORDERS = int(os.environ.get("ORDERS", "400"))
 RAW = int(os.environ.get("RAW", "4000"))
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
 CONCURRENCY = int(os.environ.get("CLIENTS", "8"))
 WARMUP_PER_CLIENT = 20
 """Requests (or raw transactions) each client makes before measuring starts, the same on both sides: pooled
@@ -141,6 +147,9 @@ def _gate_routes(app: Any) -> None:
         async def load(self, *args: Any, **kwargs: Any) -> Loaded:
             return Loaded()  # nothing read
 
+        async def load_many(self, keys: list[Any], *args: Any) -> list[Loaded]:
+            return [Loaded() for _ in keys]  # nothing read (the order intake reads a batch's standings at once)
+
         async def judge(self, *args: Any, **kwargs: Any) -> None:
             return None
 
@@ -222,6 +231,24 @@ class Run:
     p99_ms: float
     statuses: dict[str, int]
     cpu_ms: float | None = None  # the server's CPU time per request (threads included), when measured
+    latencies: list[float] = field(default_factory=list, repr=False)  # seconds, one per order (or transaction)
+    elapsed: float = 0.0  # seconds
+
+
+def combined(runs: list[Run]) -> Run:
+    """Several rounds' runs as one: the rate over their summed time, percentiles over all their latencies, CPU per
+    order over all their orders."""
+    latencies = sorted(x for run in runs for x in run.latencies)
+    count, elapsed = len(latencies), sum(run.elapsed for run in runs)
+    statuses: dict[str, int] = {}
+    for run in runs:
+        for status, n in run.statuses.items():
+            statuses[status] = statuses.get(status, 0) + n
+    cpu = None
+    if all(run.cpu_ms is not None for run in runs):
+        cpu = sum((run.cpu_ms or 0.0) * len(run.latencies) for run in runs) / count
+    p99 = latencies[min(count - 1, int(count * 0.99))]
+    return Run(count / elapsed, statistics.median(latencies) * 1000, p99 * 1000, statuses, cpu, latencies, elapsed)
 
 
 async def place_orders(base: str, token: str, accounts: list[str], total: int, path: str = "/api/v1/orders") -> Run:
@@ -267,7 +294,7 @@ async def place_orders(base: str, token: str, accounts: list[str], total: int, p
     elapsed = time.perf_counter() - start
     latencies.sort()
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    return Run(total / elapsed, statistics.median(latencies) * 1000, p99 * 1000, statuses)
+    return Run(total / elapsed, statistics.median(latencies) * 1000, p99 * 1000, statuses, None, latencies, elapsed)
 
 
 GATE_LIMITS = {
@@ -308,8 +335,17 @@ async def configure_limits(client: httpx.AsyncClient, headers: dict[str, str], m
     assert r.status_code == 200, r.text
 
 
-async def set_up(base: str, limits: str = "defaults") -> tuple[str, list[str], str]:
-    """Register a trader, open one paper account per client, wait for the market's book. Token, accounts, user."""
+@dataclass
+class Trader:
+    """The benchmark's trader: a session token, one paper account per client, the user id."""
+
+    token: str
+    accounts: list[str]
+    user_id: str
+
+
+async def set_up(base: str, limits: str = "defaults") -> Trader:
+    """Register a trader, open one paper account per client, wait for the market's book."""
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         email, password = f"bench-{uuid.uuid4().hex[:8]}@example.com", "benchmark-password"
         r = await client.post("/api/v1/auth/register", json={"email": email, "password": password})
@@ -328,17 +364,25 @@ async def set_up(base: str, limits: str = "defaults") -> tuple[str, list[str], s
         await configure_limits(client, headers, limits)
         r = await client.get("/api/v1/users/me", headers=headers)
         user_id = r.json()["id"] if r.status_code == 200 else ""
+    await book_ready(base, token)
+    return Trader(token, accounts, user_id)
+
+
+async def book_ready(base: str, token: str) -> None:
+    """Wait for the simulated market's first book (a server just started has none)."""
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         deadline = time.monotonic() + 30
         while True:
             r = await client.get(
-                "/api/v1/market-data/orderbook", params={"exchange": "paper", "symbol": SYMBOL}, headers=headers
+                "/api/v1/market-data/orderbook",
+                params={"exchange": "paper", "symbol": SYMBOL},
+                headers={"Authorization": f"Bearer {token}"},
             )
             if r.status_code == 200 and r.json()["asks"] and r.json()["bids"]:
-                break
+                return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no order book after 30 s: {r.status_code} {r.text[:200]}")
             await asyncio.sleep(0.05)
-    return token, accounts, user_id
 
 
 def server_env(data_dir: str, database_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -361,13 +405,26 @@ FLOORS: dict[str, Run] = {}
 """The HTTP floor measured by each database's `http_run` (keyed by its URL, "" for SQLite)."""
 
 
-def http_run(data_dir: str, database_url: str, total: int, extra: dict[str, str] | None = None) -> tuple[Run, str]:
-    """One server child: set up, warm up, measure. The run and the user id (the raw ceiling writes under it)."""
+def http_run(
+    data_dir: str,
+    database_url: str,
+    total: int,
+    extra: dict[str, str] | None = None,
+    trader: Trader | None = None,
+    *,
+    floor: bool = False,
+) -> tuple[Run, Trader]:
+    """One server child: set up (or, given the `trader` of an earlier child on the same database, wait for the
+    market's book), warm up, measure; with `floor`, the HTTP floor after. The run and the trader."""
     with serve("benchmarks.orders", server_env(data_dir, database_url, extra)) as base:
 
-        async def go() -> tuple[Run, str]:
-            token, accounts, user_id = await set_up(base)
-            await place_orders(base, token, accounts, WARMUP)
+        async def go() -> tuple[Run, Trader]:
+            if trader is None:
+                who = await set_up(base)
+            else:
+                who = trader
+                await book_ready(base, who.token)
+            await place_orders(base, who.token, who.accounts, WARMUP)
             profiling, timing = "BENCH_PROFILE" in (extra or {}), "BENCH_SECTIONS" in (extra or {})
             control = httpx.AsyncClient(base_url=base, timeout=30)
             if profiling:
@@ -375,7 +432,7 @@ def http_run(data_dir: str, database_url: str, total: int, extra: dict[str, str]
             if timing:
                 (await control.post("/bench/sections", params={"action": "start"})).raise_for_status()
             before = (await control.get("/bench/cpu")).json()["cpu"]
-            run = await place_orders(base, token, accounts, total)
+            run = await place_orders(base, who.token, who.accounts, total)
             run.cpu_ms = ((await control.get("/bench/cpu")).json()["cpu"] - before) / total * 1000
             if profiling:
                 (await control.post("/bench/profile", params={"action": "stop"})).raise_for_status()
@@ -385,13 +442,13 @@ def http_run(data_dir: str, database_url: str, total: int, extra: dict[str, str]
                 print(f"{'section':<22} {'calls':>6} {'mean ms':>9} {'p99 ms':>9}")
                 for name, (calls, mean, p99) in sorted(r.json().items(), key=lambda kv: -kv[1][0] * kv[1][1]):
                     print(f"{name:<22} {calls:>6} {mean:>9.2f} {p99:>9.2f}")
-            if not (profiling or timing or os.environ.get("SKIP_FLOOR")):
+            if floor:
                 before = (await control.get("/bench/cpu")).json()["cpu"]
-                floor = await place_orders(base, token, accounts, total, "/bench/floor")
-                floor.cpu_ms = ((await control.get("/bench/cpu")).json()["cpu"] - before) / total * 1000
-                FLOORS[database_url] = floor
+                measured = await place_orders(base, who.token, who.accounts, total, "/bench/floor")
+                measured.cpu_ms = ((await control.get("/bench/cpu")).json()["cpu"] - before) / total * 1000
+                FLOORS[database_url] = measured
             await control.aclose()
-            return run, user_id
+            return run, who
 
         return asyncio.run(go())
 
@@ -434,9 +491,12 @@ def _sql(template: str, style: str) -> str:
 
 
 async def raw_rate(
-    connect: Callable[[], Awaitable[Any]], run_one: Callable[[Any, str, str], Awaitable[None]], accounts: list[str]
+    connect: Callable[[], Awaitable[Any]],
+    run_one: Callable[[Any, str, str], Awaitable[None]],
+    accounts: list[str],
+    total: int = RAW,
 ) -> Run:
-    remaining = RAW
+    remaining = total
     latencies: list[float] = []
 
     async def client(account: str) -> None:
@@ -458,12 +518,12 @@ async def raw_rate(
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     latencies.sort()
     p50, p99 = statistics.median(latencies) * 1000, latencies[int(len(latencies) * 0.99)] * 1000
-    # The raw client's own CPU per transaction (warm-up included, as a fraction of RAW it is small): the same
+    # The raw client's own CPU per transaction (warm-up included, as a fraction of the total it is small): the same
     # measure as the server's CPU per order, for a comparison that other load on the machine moves less.
-    return Run(RAW / elapsed, p50, p99, {}, cpu_ms=cpu / RAW * 1000)
+    return Run(total / elapsed, p50, p99, {}, cpu / total * 1000, latencies, elapsed)
 
 
-async def raw_sqlite(path: str, user_id: str, accounts: list[str], *, two_step: bool = False) -> Run:
+async def raw_sqlite(path: str, user_id: str, accounts: list[str], *, two_step: bool = False, total: int = RAW) -> Run:
     import aiosqlite
 
     from cival.database.types import ExactDecimal
@@ -504,10 +564,10 @@ async def raw_sqlite(path: str, user_id: str, accounts: list[str], *, two_step: 
         await conn.execute(balance_sql, (m("1"), m("0"), m("1"), acct, "BTC"))
         await conn.execute("COMMIT")
 
-    return await raw_rate(connect, run_one, accounts)
+    return await raw_rate(connect, run_one, accounts, total)
 
 
-async def raw_postgres(url: str, user_id: str, accounts: list[str], *, two_step: bool = False) -> Run:
+async def raw_postgres(url: str, user_id: str, accounts: list[str], *, two_step: bool = False, total: int = RAW) -> Run:
     from datetime import UTC, datetime
 
     import asyncpg
@@ -538,7 +598,7 @@ async def raw_postgres(url: str, user_id: str, accounts: list[str], *, two_step:
             await conn.execute(balance_sql, Decimal(990000), Decimal(0), Decimal(990000), acct, "USDT")
             await conn.execute(balance_sql, Decimal(1), Decimal(0), Decimal(1), acct, "BTC")
 
-    return await raw_rate(connect, run_one, accounts)
+    return await raw_rate(connect, run_one, accounts, total)
 
 
 def account_ids(database_url: str, data_dir: str) -> list[str]:
@@ -597,21 +657,40 @@ def scratch_postgres(server_url: str) -> Iterator[str]:
 
 
 def measure(label: str, database_url: str, data_dir: str) -> tuple[Run, Run]:
+    """The API and its ceilings in `ROUNDS` rounds: each starts a server, measures its share of the orders, stops the
+    server, then runs its share of each ceiling's transactions; figures over all rounds together."""
     if not database_url:
         from cival.database import migrate
 
         asyncio.run(migrate.upgrade(f"sqlite+aiosqlite:///{data_dir}/cival.sqlite3"))
-    api, user_id = http_run(data_dir, database_url, ORDERS)
-    if not user_id:
-        user_id = _user_id(database_url, data_dir)
-    accounts = account_ids(database_url, data_dir)
-    if database_url:
-        raw = asyncio.run(raw_postgres(database_url, user_id, accounts))
-        two_step = asyncio.run(raw_postgres(database_url, user_id, accounts, two_step=True))
-    else:
-        raw = asyncio.run(raw_sqlite(f"{data_dir}/cival.sqlite3", user_id, accounts))
-        two_step = asyncio.run(raw_sqlite(f"{data_dir}/cival.sqlite3", user_id, accounts, two_step=True))
-    print(f"\n{label}: {ORDERS} market orders x{CONCURRENCY} clients; ceiling {RAW} raw transactions x{CONCURRENCY}")
+    apis: list[Run] = []
+    raws: list[Run] = []
+    two_steps: list[Run] = []
+    trader: Trader | None = None
+    accounts: list[str] = []
+    for n in range(ROUNDS):
+        last = n == ROUNDS - 1
+        floor = last and not os.environ.get("SKIP_FLOOR")
+        api, trader = http_run(data_dir, database_url, ORDERS // ROUNDS, trader=trader, floor=floor)
+        apis.append(api)
+        if not trader.user_id:
+            trader.user_id = _user_id(database_url, data_dir)
+        accounts = accounts or account_ids(database_url, data_dir)
+        share = RAW // ROUNDS
+        if database_url:
+            raws.append(asyncio.run(raw_postgres(database_url, trader.user_id, accounts, total=share)))
+            two_steps.append(
+                asyncio.run(raw_postgres(database_url, trader.user_id, accounts, two_step=True, total=share))
+            )
+        else:
+            path = f"{data_dir}/cival.sqlite3"
+            raws.append(asyncio.run(raw_sqlite(path, trader.user_id, accounts, total=share)))
+            two_steps.append(asyncio.run(raw_sqlite(path, trader.user_id, accounts, two_step=True, total=share)))
+    api, raw, two_step = combined(apis), combined(raws), combined(two_steps)
+    print(
+        f"\n{label}: {len(api.latencies)} market orders x{CONCURRENCY} clients; ceiling "
+        f"{len(raw.latencies)} raw transactions x{CONCURRENCY}; in {ROUNDS} rounds (server, then ceilings)"
+    )
     print(f"{'what':<44} {'orders/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs raw':>7} {'CPU ms/order':>14}")
     raw_cpu = "" if raw.cpu_ms is None else f"{raw.cpu_ms:.2f} (client)"
     print(
@@ -619,19 +698,21 @@ def measure(label: str, database_url: str, data_dir: str) -> tuple[Run, Run]:
         f" {raw_cpu:>14}"
     )
     rows = [("raw SQL, 2 txns per order (store, then fill)", two_step), ("POST /api/v1/orders (market, fills)", api)]
-    floor = FLOORS.get(database_url)
-    if floor is not None:
-        rows.append(("HTTP floor: same request, no order work", floor))
+    floor_run = FLOORS.get(database_url)
+    if floor_run is not None:
+        rows.append(("HTTP floor: same request, no order work", floor_run))
     for what, run in rows:
         cpu = "" if run.cpu_ms is None else f"{run.cpu_ms:.2f}" + (" (client)" if run is two_step else "")
         print(
             f"{what:<44} {run.rate:>9.0f} {run.p50_ms:>8.2f} {run.p99_ms:>8.2f} {run.rate / raw.rate:>7.2f} {cpu:>14}"
         )
+    by_round = ", ".join(f"{a.rate:.0f}/{r.rate:.0f} = {a.rate / r.rate:.2f}" for a, r in zip(apis, raws, strict=True))
     print(f"  order statuses returned: {api.statuses}; vs the 2-txn ceiling: {api.rate / two_step.rate:.2f}")
+    print(f"  round by round, orders/s vs raw transactions/s: {by_round}")
     if database_url:
-        share, latency = api.rate >= 0.4 * raw.rate, api.p99_ms < 50
+        share_met, latency = api.rate >= 0.4 * raw.rate, api.p99_ms < 50
         print(
-            f"  targets: >= 40% of raw: {'MET' if share else 'NOT MET'} ({api.rate / raw.rate:.2f}); "
+            f"  targets: >= 40% of raw: {'MET' if share_met else 'NOT MET'} ({api.rate / raw.rate:.2f}); "
             f"p99 < 50 ms: {'MET' if latency else 'NOT MET'} ({api.p99_ms:.1f} ms)"
         )
     return api, raw
@@ -664,7 +745,8 @@ def gate_runs(data_dir: str, database_url: str) -> tuple[dict[str, list[Run]], d
     with serve("benchmarks.orders", server_env(data_dir, database_url, extra)) as base:
 
         async def go() -> None:
-            token, accounts, _ = await set_up(base, "none")
+            trader = await set_up(base, "none")
+            token, accounts = trader.token, trader.accounts
             await place_orders(base, token, accounts, WARMUP)
             async with httpx.AsyncClient(base_url=base, timeout=30) as client:
                 for mode in GATE_BATCHES:
