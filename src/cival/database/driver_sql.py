@@ -430,10 +430,12 @@ class _RowsWrite:
     ) -> None:
         self.columns = list(columns)
         self.keys = [c.key for c in self.columns]
+        self._get = _getter(self.keys)
         self.statement = statement  # None: deferred only
         self._template = template
         self._aliases = list(aliases) if aliases is not None else [c.name for c in self.columns]
-        self._deferring: tuple[str, list[Processor]] | None = None  # PREPARE statement and encoders, on first use
+        # PREPARE statement, and the encoder of each value that needs one (by position), on first use.
+        self._deferring: tuple[str, list[tuple[int, Callable[[Any], Any]]]] | None = None
         self.name = f"cival_write_{len(_WRITES)}"
         _WRITES.append(self)
 
@@ -451,31 +453,28 @@ class _RowsWrite:
             await self.statement.execute_many(tx, [dict(zip(keys, row, strict=True)) for row in rows])
 
     def _values(self, obj: Any) -> list[Any]:
-        return [getattr(obj, key) for key in self.keys]
+        return list(self._get(obj))
 
     def _deferred(self, rows: list[list[Any]], dialect: Dialect) -> str:
+        """The deferred statement for `rows` (each row's values encoded in place: the rows are spent)."""
         _, encoders = self._compiled(dialect)
-        document = _DOCUMENT.encode(
-            [
-                [
-                    value if encode is None or value is None else encode(value)
-                    for encode, value in zip(encoders, row, strict=True)
-                ]
-                for row in rows
-            ]
-        )
-        return f"EXECUTE {self.name}({_dollar_quoted(document)})"
+        for row in rows:
+            for i, encode in encoders:  # only the values whose text differs from what the JSON encoder writes
+                value = row[i]
+                if value is not None:
+                    row[i] = encode(value)
+        return f"EXECUTE {self.name}({_dollar_quoted(_DOCUMENT.encode(rows))})"
 
     def prepare(self, dialect: Dialect) -> str:
         """The `PREPARE` of the deferred statement, its rows' document the parameter."""
         return self._compiled(dialect)[0]
 
-    def _compiled(self, dialect: Dialect) -> tuple[str, list[Processor]]:
+    def _compiled(self, dialect: Dialect) -> tuple[str, list[tuple[int, Callable[[Any], Any]]]]:
         if self._deferring is None:
             self._deferring = self._compile_deferred(dialect)
         return self._deferring
 
-    def _compile_deferred(self, dialect: Dialect) -> tuple[str, list[Processor]]:
+    def _compile_deferred(self, dialect: Dialect) -> tuple[str, list[tuple[int, Callable[[Any], Any]]]]:
         """The deferred statement's `PREPARE`, and each column's encoder into its document."""
         values = ", ".join(
             f"r -> {i} AS {alias}"
@@ -486,7 +485,8 @@ class _RowsWrite:
         # Names and types from the table's definition; the rows come as the parameter (a `_dollar_quoted` literal).
         rows = f"(SELECT {values} FROM jsonb_array_elements(CAST($1 AS jsonb)) AS r) AS x"  # noqa: S608
         prepare = f"PREPARE {self.name}(text) AS {self._template.replace('{rows}', rows)}"
-        return prepare, [_json_encoder(c.type, dialect) for c in self.columns]
+        encoders = [(i, encode) for i, c in enumerate(self.columns) if (encode := _json_encoder(c.type, dialect))]
+        return prepare, encoders
 
 
 _WRITES: list[_RowsWrite] = []
@@ -511,21 +511,20 @@ class DriverInsert(_RowsWrite):
         sql = f"INSERT INTO {table.description} ({names}) VALUES ({values})"  # noqa: S608
         template = f"INSERT INTO {table.description} ({names}) SELECT {names} FROM {{rows}}"  # noqa: S608
         super().__init__(columns, DriverStatement(sql, {c.key: c for c in columns}), template)
+        self._defaulted = [(i, c) for i, c in enumerate(columns) if c.default is not None]
 
     async def row(self, target: Target, obj: Any) -> None:
         await self.rows(target, [obj])
 
     def _values(self, obj: Any) -> list[Any]:
         """The row's values in column order (an unset column takes its Python default, set on `obj` too)."""
-        values = []
-        for column in self.columns:
-            value = getattr(obj, column.key)
-            default = column.default
-            if value is None and default is not None:
+        values = list(self._get(obj))
+        for i, column in self._defaulted:
+            if values[i] is None:
                 # An unset attribute takes the column's Python default, as in an ORM flush.
-                value = default.arg(None) if default.is_callable else default.arg
-                setattr(obj, column.key, value)
-            values.append(value)
+                default = column.default
+                values[i] = default.arg(None) if default.is_callable else default.arg
+                setattr(obj, column.key, values[i])
         return values
 
 
@@ -571,12 +570,20 @@ class DriverCheckedUpdate(_RowsWrite):
         written = [c[n] for n in (*columns, key)]
         aliases = [col.name for col in written] + [f"was_{c[n].name}" for n in columns]
         super().__init__([*written, *(c[n] for n in columns)], None, template, aliases)
-        self._written = [col.key for col in written]
-        self._read = [c[n].key for n in columns]
+        self._written = _getter([col.key for col in written])
+        self._read = _getter([c[n].key for n in columns])
 
     def _values(self, obj: Any) -> list[Any]:
         row, as_read = obj
-        return [getattr(row, key) for key in self._written] + [getattr(as_read, key) for key in self._read]
+        return [*self._written(row), *self._read(as_read)]
+
+
+def _getter(keys: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """The attributes `keys` of an object, as a tuple, in one call."""
+    if len(keys) == 1:
+        (key,) = keys
+        return lambda obj: (getattr(obj, key),)
+    return operator.attrgetter(*keys)
 
 
 def _json_text(value: Any) -> Any:
