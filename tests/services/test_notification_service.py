@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
 
-from cival.core.cache import MemoryCache
+from cival.core.cache import MemoryCache, Numbered, NumberedLog
 from cival.core.exceptions import ServiceUnavailable
 from cival.core.service_registry import ServiceRegistry
 from cival.database.models import NotificationWebhook
@@ -315,7 +315,9 @@ async def test_history_keeps_the_newest_deliveries(
 
 
 class DownCache(MemoryCache):
-    async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+    """Every numbering step fails, as on an unreachable Redis."""
+
+    async def publish_numbered(self, log: NumberedLog, messages: Sequence[Numbered]) -> list[int]:
         raise ServiceUnavailable("Cache 'redis' is unreachable: connection refused")
 
 

@@ -422,15 +422,31 @@ class MemoryCache(Cache):
         return len(subscribers)
 
     async def publish_numbered(self, log: NumberedLog, messages: Sequence[Numbered]) -> list[int]:
-        """Number, keep and publish messages in one step (no await in between: atomic here)."""
-        seqs = []
-        for before, after, channel, stored_prefix in messages:
-            seq = await self.incr(log.counter)
+        """Number, keep and publish messages in one step (no await in between: atomic here): as `incr` of the
+        counter, `set` of the entry and `publish` would, message after message, with the counter written once."""
+        _check_ttl(log.ttl)
+        now = self._clock()
+        self._maybe_purge(now)
+        counter = self._live(log.counter, now)
+        if counter is None:
+            last, expires = 0, None
+        else:
+            current, expires = counter
+            if not _INTEGER.fullmatch(current):
+                raise ValueError(f"the value at {log.counter!r} is not an integer")
+            last = int(current)
+        if not _INT64_MIN <= last + len(messages) <= _INT64_MAX:
+            raise ValueError(f"incrementing {log.counter!r} would overflow a 64-bit integer")
+        data, kept_until = self._data, now + log.ttl
+        seqs = list(range(last + 1, last + 1 + len(messages)))
+        for seq, (before, after, channel, stored_prefix) in zip(seqs, messages, strict=True):
             message = before + str(seq).encode() + after
-            await self.set(log.entry(seq), stored_prefix + message, log.ttl)
-            self._data.pop(log.entry(seq - log.keep), None)
-            await self.publish(channel, message)
-            seqs.append(seq)
+            data[log.entry(seq)] = (stored_prefix + message, kept_until)
+            data.pop(log.entry(seq - log.keep), None)
+            for subscription in self._subscribers.get(channel, ()):
+                subscription._deliver(channel, message)
+        if seqs:
+            data[log.counter] = (str(seqs[-1]).encode(), expires)
         return seqs
 
     def subscribe(self, *channels: str) -> Subscription:
