@@ -37,6 +37,23 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Each (method, route, status)'s label children, looked up once: the lookup costs more than the count.
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram, Counter | None]] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One finished request: counted, its latency observed, and counted as an error when the status is >= 500."""
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            errors = self.errors.labels(method, route) if status >= 500 else None
+            children = (self.requests.labels(method, route, str(status)), self.latency.labels(method, route), errors)
+            self._children[key] = children
+        requests, latency, errors = children
+        requests.inc()
+        latency.observe(seconds)
+        if errors is not None:
+            errors.inc()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -64,12 +81,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = _route_template(scope)
-            method = scope["method"]
-            self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
-            if status >= 500:
-                self.metrics.errors.labels(method, route).inc()
+            self.metrics.observe(scope["method"], _route_template(scope), status, time.perf_counter() - start)
 
 
 def _route_template(scope: Scope) -> str:
