@@ -77,10 +77,11 @@ class ExactDecimal(TypeDecorator[Decimal]):
         writes) gives its own digits, which denote the value exactly, without being quantized; any other value
         the text of `check(value)`. Deferred batch writes (D53) write a great many of them."""
         if type(value) is Decimal and value.is_finite():
-            text = format(value, "f")
-            whole, _, fraction = text.partition(".")
-            if len(fraction) <= self.scale and len(whole) - (text[0] == "-") <= self._int_digits:
-                return text
+            text = str(value)  # its own digits, unless its exponent is positive or it is tiny: then with an "E"
+            if "E" not in text:
+                whole, _, fraction = text.partition(".")
+                if len(fraction) <= self.scale and len(whole) - (text[0] == "-") <= self._int_digits:
+                    return text
         return format(self.check(value), "f")
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
