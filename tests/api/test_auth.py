@@ -262,6 +262,21 @@ async def test_expired_session_is_401_session_expired(ids: Identities, registry:
     assert len(listed.json()) == 1
 
 
+async def test_a_changed_cached_session_is_read_anew(ids: Identities, registry: ServiceRegistry) -> None:
+    # Cached session values are parsed once per process; a value changed in the cache is never answered from that.
+    user = await ids.new_user()
+    assert (await user.get(ME)).status_code == 200  # cached, and parsed
+    key = registry.auth._cache_key(sha256_hex(user.token))
+    cached = await registry.cache.get(key)
+    assert cached is not None
+    data = json.loads(cached)
+    data["expires_at"] = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    await registry.cache.set(key, json.dumps(data).encode(), 30)
+    response = await user.get(ME)
+    assert response.status_code == 401
+    assert response.json()["error"] == "session_expired"
+
+
 async def test_missing_bearer_is_401_not_authenticated_with_www_authenticate(ids: Identities) -> None:
     client = ids.client()
     for method, url in (("GET", ME), ("GET", SESSIONS), ("POST", LOGOUT)):

@@ -77,6 +77,8 @@ class IssuedToken:
 
 
 AUTH_CACHE_SECONDS = 30.0
+PARSED_SESSIONS = 4096
+"""Cached session values kept parsed per process (`AuthService._parsed`); past this many, they start over."""
 """How long a verified session is remembered in the cache; revocation and deactivation evict it at once."""
 
 
@@ -86,6 +88,9 @@ class AuthService:
         self.cache = cache
         self.passwords = passwords
         self.session_ttl = session_ttl
+        # What each cached session's value says, parsed once per value (the key is the whole value, so a changed,
+        # evicted or expired entry is never answered from here).
+        self._parsed: dict[bytes, tuple[Principal, datetime]] = {}
 
     @staticmethod
     def _cache_key(token_hash: str) -> str:
@@ -158,14 +163,13 @@ class AuthService:
         except ServiceUnavailable:
             cached = None  # the database answers alone while the cache is down
         if cached is not None:
-            data = json.loads(cached)
-            expires_at = datetime.fromisoformat(data["expires_at"])
-            principal = Principal(
-                user_id=uuid.UUID(data["user_id"]),
-                email=data["email"],
-                role=data["role"],
-                session_id=uuid.UUID(data["session_id"]),
-            )
+            parsed = self._parsed.get(cached)
+            if parsed is None:
+                parsed = _parsed_session(cached)
+                if len(self._parsed) >= PARSED_SESSIONS:
+                    self._parsed.clear()
+                self._parsed[cached] = parsed
+            principal, expires_at = parsed
         else:
             async with self.database.system_session(read_only=True) as session:
                 row = (
@@ -310,3 +314,15 @@ class AuthService:
         async with self.database.system_session() as session:
             result = await session.execute(delete(UserSession).where(UserSession.expires_at <= datetime.now(UTC)))
         return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _parsed_session(cached: bytes) -> tuple[Principal, datetime]:
+    """The principal and expiry a cached session value holds (`AuthService._remember` wrote it)."""
+    data = json.loads(cached)
+    principal = Principal(
+        user_id=uuid.UUID(data["user_id"]),
+        email=data["email"],
+        role=data["role"],
+        session_id=uuid.UUID(data["session_id"]),
+    )
+    return principal, datetime.fromisoformat(data["expires_at"])
