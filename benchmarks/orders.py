@@ -500,7 +500,7 @@ async def raw_rate(
     (as the API's run starts after its warm-up) until the last one ends."""
     remaining = total
     latencies: list[float] = []
-    conns = [await connect() for _ in accounts]
+    conns: list[Any] = []
 
     async def warm_up(conn: Any, account: str) -> None:
         for _ in range(WARMUP_PER_CLIENT):  # statement cache, pages
@@ -515,6 +515,8 @@ async def raw_rate(
             latencies.append(time.perf_counter() - start)
 
     try:
+        for _ in accounts:
+            conns.append(await connect())
         await asyncio.gather(*(warm_up(c, a) for c, a in zip(conns, accounts, strict=True)))
         start, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(client(c, a) for c, a in zip(conns, accounts, strict=True)))

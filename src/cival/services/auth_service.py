@@ -77,9 +77,9 @@ class IssuedToken:
 
 
 AUTH_CACHE_SECONDS = 30.0
+"""How long a verified session is remembered in the cache; revocation and deactivation evict it at once."""
 PARSED_SESSIONS = 4096
 """Cached session values kept parsed per process (`AuthService._parsed`); past this many, they start over."""
-"""How long a verified session is remembered in the cache; revocation and deactivation evict it at once."""
 
 
 class AuthService:
