@@ -6,9 +6,11 @@ import os
 
 import httpx
 import pytest
+import structlog
 from fastapi import FastAPI
+from starlette.types import Message, Receive, Scope, Send
 
-from cival.api.middleware import new_request_id
+from cival.api.middleware import RequestIdMiddleware, new_request_id
 from cival.core.exceptions import Conflict
 
 
@@ -69,6 +71,33 @@ async def test_domain_error_renders_code_and_detail(client: httpx.AsyncClient) -
 
 
 @pytest.mark.usefixtures("failing_routes")
+async def test_request_id_is_bound_to_log_lines_only_while_its_request_runs() -> None:
+    seen: list[dict[str, object]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(structlog.contextvars.get_contextvars())
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    headers = [(b"x-request-id", b"first-id-0001"), (b"x-request-id", b"second-id-0002")]
+    structlog.contextvars.bind_contextvars(request_id="outer-value")
+    try:
+        await RequestIdMiddleware(app)({"type": "http", "headers": headers}, receive, send)
+        assert structlog.contextvars.get_contextvars()["request_id"] == "outer-value"  # put back as it was
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+    assert seen == [{"request_id": "second-id-0002"}]  # the last one sent
+    assert (b"x-request-id", b"second-id-0002") in sent[0]["headers"]
+
+
 async def test_made_up_request_ids_are_distinct(client: httpx.AsyncClient) -> None:
     ids = [(await client.get("/api/v1/system/health")).headers["x-request-id"] for _ in range(3)]
     assert len(set(ids)) == 3
