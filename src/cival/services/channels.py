@@ -102,8 +102,17 @@ def frame(channel: str, data: Mapping[str, Any], seq: int | None = None) -> byte
 def frame_around_seq(channel: str, data: Mapping[str, Any]) -> tuple[bytes, bytes]:
     """The numbered frame for an update on `channel` in two parts, to put its `seq` between them:
     `before + str(seq).encode() + after == frame(channel, data, seq)` (so the cache can number it, D39)."""
-    body = dumps({"type": "update", "channel": channel, "data": data, "seq": 0}).encode()
-    return body[: -len(b"0}")], b"}"
+    head = _FRAME_HEADS.get(channel)
+    if head is None:  # the frame up to its data, the same for every update on the channel
+        head = dumps({"type": "update", "channel": channel, "data": None}).encode()[: -len(b"null}")]
+        if len(_FRAME_HEADS) < MAX_FRAME_HEADS:
+            _FRAME_HEADS[channel] = head
+    return head + dumps(data).encode() + b',"seq":', b"}"
+
+
+_FRAME_HEADS: dict[str, bytes] = {}
+MAX_FRAME_HEADS = 256
+"""Channels whose frame head is kept (there are a few dozen; past this many, the rest are built each time)."""
 
 
 class FramedData(dict[str, Any]):
