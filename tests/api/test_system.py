@@ -70,7 +70,6 @@ async def test_domain_error_renders_code_and_detail(client: httpx.AsyncClient) -
     }
 
 
-@pytest.mark.usefixtures("failing_routes")
 async def test_request_id_is_bound_to_log_lines_only_while_its_request_runs() -> None:
     seen: list[dict[str, object]] = []
 
@@ -98,6 +97,7 @@ async def test_request_id_is_bound_to_log_lines_only_while_its_request_runs() ->
     assert (b"x-request-id", b"second-id-0002") in sent[0]["headers"]
 
 
+@pytest.mark.usefixtures("failing_routes")
 async def test_made_up_request_ids_are_distinct(client: httpx.AsyncClient) -> None:
     ids = [(await client.get("/api/v1/system/health")).headers["x-request-id"] for _ in range(3)]
     assert len(set(ids)) == 3

@@ -390,6 +390,10 @@ class MemoryCache(Cache):
         _check_ttl(ttl)
         now = self._clock()
         self._maybe_purge(now)
+        return self._add(key, amount, ttl, now)
+
+    def _add(self, key: str, amount: int, ttl: float | None, now: float) -> int:
+        """`incr`'s step itself (no await: atomic)."""
         entry = self._live(key, now)
         if entry is None:
             value, expires = amount, (None if ttl is None else now + ttl)
@@ -414,39 +418,30 @@ class MemoryCache(Cache):
 
     async def publish(self, channel: str, message: bytes) -> int:
         """Send `message` to the subscribers of `channel`; returns how many received it."""
-        subscribers = self._subscribers.get(channel)
-        if not subscribers:
-            return 0
+        return self._fan_out(channel, bytes(message))
+
+    def _fan_out(self, channel: str, message: bytes) -> int:
+        subscribers = self._subscribers.get(channel, ())
         for subscription in subscribers:
-            subscription._deliver(channel, bytes(message))
+            subscription._deliver(channel, message)
         return len(subscribers)
 
     async def publish_numbered(self, log: NumberedLog, messages: Sequence[Numbered]) -> list[int]:
         """Number, keep and publish messages in one step (no await in between: atomic here): as `incr` of the
-        counter, `set` of the entry and `publish` would, message after message, with the counter written once."""
+        counter, `set` of the entry and `publish` would, message after message, with the counter added to once."""
         _check_ttl(log.ttl)
+        if not messages:
+            return []
         now = self._clock()
         self._maybe_purge(now)
-        counter = self._live(log.counter, now)
-        if counter is None:
-            last, expires = 0, None
-        else:
-            current, expires = counter
-            if not _INTEGER.fullmatch(current):
-                raise ValueError(f"the value at {log.counter!r} is not an integer")
-            last = int(current)
-        if not _INT64_MIN <= last + len(messages) <= _INT64_MAX:
-            raise ValueError(f"incrementing {log.counter!r} would overflow a 64-bit integer")
-        data, kept_until = self._data, now + log.ttl
-        seqs = list(range(last + 1, last + 1 + len(messages)))
+        last = self._add(log.counter, len(messages), None, now)
+        seqs = list(range(last - len(messages) + 1, last + 1))
+        kept_until = now + log.ttl
         for seq, (before, after, channel, stored_prefix) in zip(seqs, messages, strict=True):
             message = before + str(seq).encode() + after
-            data[log.entry(seq)] = (stored_prefix + message, kept_until)
-            data.pop(log.entry(seq - log.keep), None)
-            for subscription in self._subscribers.get(channel, ()):
-                subscription._deliver(channel, message)
-        if seqs:
-            data[log.counter] = (str(seqs[-1]).encode(), expires)
+            self._data[log.entry(seq)] = (stored_prefix + message, kept_until)
+            self._data.pop(log.entry(seq - log.keep), None)
+            self._fan_out(channel, message)
         return seqs
 
     def subscribe(self, *channels: str) -> Subscription:
