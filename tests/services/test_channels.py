@@ -1,17 +1,19 @@
-"""Client frames: a numbered frame built in two parts is the frame with its seq, whatever the channel and data."""
+"""Client frames: the wire format, and a numbered frame built in two parts is the frame with its seq."""
 
 from __future__ import annotations
 
+import enum
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cival.services.channels import USER_CHANNELS, frame, frame_around_seq
+from cival.services.channels import USER_CHANNELS, dumps, dumps_bytes, frame, frame_around_seq
 
 _VALUES = st.one_of(
     st.none(),
@@ -44,3 +46,59 @@ def test_parts_are_built_anew_for_each_update() -> None:
         "data": {"id": "x", "at": "2026-01-01T00:00:00Z"},
         "seq": 7,
     }
+
+
+class _Side(enum.Enum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class _Level(enum.IntEnum):
+    LOW = 1
+
+
+def _reference(value: Any) -> Any:
+    """The wire format as documented: Decimal and UUID as text, datetimes ISO 8601 with UTC as Z, enums' values."""
+    if isinstance(value, Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    raise TypeError(type(value).__name__)
+
+
+_REFERENCE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_reference)
+_OFFSETS = st.sampled_from(
+    [UTC, timezone(timedelta(0)), timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8))]
+)
+_WIRE_VALUES = st.one_of(
+    _VALUES,
+    st.integers(min_value=-(2**70), max_value=2**70),  # past 64 bits too
+    st.datetimes(timezones=_OFFSETS),
+    st.datetimes(),  # naive
+    st.dates(),
+    st.sampled_from([*_Side, *_Level]),
+)
+_WIRE = st.dictionaries(
+    st.text(),
+    st.recursive(
+        _WIRE_VALUES,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+        max_leaves=10,
+    ),
+)
+
+
+@given(_WIRE)
+def test_frames_are_written_in_the_documented_wire_format(data: dict[str, Any]) -> None:
+    # Byte for byte what the standard library writes with the documented conversions: clients see one format.
+    assert dumps_bytes(data) == _REFERENCE.encode(data).encode()
+    assert dumps(data) == _REFERENCE.encode(data)
+
+
+def test_what_has_no_wire_format_is_refused() -> None:
+    with pytest.raises(TypeError, match="object is not JSON serializable"):
+        dumps({"what": object()})
