@@ -53,6 +53,7 @@ NASTY = [
     "newline\nand\ttab",
     "ünïcødé ✓ 𝄞 🚀",
     "E'\\x41'",
+    "controls \x01 \x1f \x7f and separators \u2028 \u2029",
 ]
 
 
