@@ -631,7 +631,8 @@ def _json_encoder(type_: Any, dialect: Dialect) -> Processor:
 
 _UUID_HEX: Callable[[uuid.UUID], str] = operator.attrgetter("hex")
 _DOCUMENT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-"""The document of a write with a JSON column, whose values go as they are: a float NaN in one is refused."""
+"""The document of a write with a JSON column, whose values go as they are (a float NaN in one is refused), and of
+any other whose rows orjson refuses (`_plain_document`)."""
 
 
 def _plain_document(rows: list[list[Any]]) -> str:
