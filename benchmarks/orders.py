@@ -141,7 +141,7 @@ def _gate_routes(app: Any) -> None:
     floor.__annotations__ = {"body": OrderIn, "principal": CurrentUser, "return": dict[str, str]}
     router.post("/bench/floor", status_code=201)(floor)
 
-    from cival.services.risk_manager import Loaded
+    from cival.services.risk_standing import Loaded
 
     class NoGate:
         async def load(self, *args: Any, **kwargs: Any) -> Loaded:

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cival.database.models import WORKING_ORDERS
 from cival.domain.orders import TERMINAL_STATUSES, OrderStatus
-from cival.services.risk_manager import WORKING, standing_query
+from cival.services.risk_standing import WORKING, standing_query
 from tests.api._identity import Identities
 
 

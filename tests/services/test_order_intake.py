@@ -29,7 +29,8 @@ from cival.domain.risk import Limit, LimitType
 from cival.services.market_data_service import MarketDataService
 from cival.services.order_applier import Changes
 from cival.services.order_intake import AccountInactive, NewOrder, Stored
-from cival.services.risk_manager import DefaultsFirst, Loaded, RateCounts
+from cival.services.risk_manager import DefaultsFirst, RateCounts
+from cival.services.risk_standing import Loaded
 from tests.api._identity import ACCOUNTS, Caller, Identities
 
 BTC = "BTC/USDT"

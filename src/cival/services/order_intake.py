@@ -56,7 +56,8 @@ from cival.services.portfolio_tracker import (
     reserve,
     write_new_orders,
 )
-from cival.services.risk_manager import Loaded, RateCounts, RiskGate, RiskRefused, refusal_alert, write_alerts
+from cival.services.risk_manager import RateCounts, RiskGate, RiskRefused, refusal_alert, write_alerts
+from cival.services.risk_standing import Loaded
 from cival.services.row_cache import RowCache, copied
 
 log = get_logger(__name__)

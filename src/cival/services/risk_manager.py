@@ -16,7 +16,8 @@ Contract with the order path (`services/order_management.py`):
   the refusal (503 when a check could not run).
 
 Everything the configured limits need (the limits, the kill switch, positions, working orders, balances, the start
-of day) is read in ONE query; prices come from the tickers in the cache, and the order rate is a cache counter.
+of day) is read in ONE query (`services/risk_standing.py`); prices come from the tickers in the cache, and the order
+rate is a cache counter.
 The arithmetic is `domain.risk`'s. Limits management, the kill switch endpoints and alerts are in
 `services/risk_limits.py`.
 """
@@ -27,49 +28,39 @@ import functools
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import Date, Integer, String, Uuid, bindparam, case, cast, func, literal_column, null, select, union_all
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql import CompoundSelect
-from sqlalchemy.types import TypeEngine
 
 from cival.core.cache import Cache
 from cival.core.db import READ_ONLY, Database
 from cival.core.exceptions import ServiceUnavailable, ValidationFailed
 from cival.core.logging import get_logger
-from cival.database.driver_sql import DriverInsert, DriverQuery, DriverTx, Target
+from cival.database.driver_sql import DriverInsert, DriverTx, Target
 from cival.database.models import (
-    Balance,
-    Money,
-    Order,
-    PortfolioSnapshot,
-    Position,
     RiskAlert,
-    TradingAccount,
     TradingLimit,
     User,
 )
 from cival.database.rows import OrderRow
-from cival.database.types import UTCDateTime
 from cival.domain import risk
 from cival.domain.instruments import Instrument
-from cival.domain.orders import TERMINAL_STATUSES, OrderStatus
 from cival.domain.risk import DEFAULT_LIMITS, KILL_SWITCH, KILL_SWITCH_ON_DAILY_LOSS, Breach, Limit, LimitType
 from cival.services import audit
 from cival.services.auth_service import Principal
 from cival.services.channels import UserPublisher
 from cival.services.portfolio_tracker import Prices
+from cival.services.risk_standing import STANDING, Loaded, parse_standing
 
 log = get_logger(__name__)
 
 CancelAll = Callable[[Principal, str | None], Awaitable[Sequence[Any]]]
 T = TypeVar("T")
 
-WORKING = tuple(s.value for s in OrderStatus if s not in TERMINAL_STATUSES)
 ALERT_TYPES = {
     LimitType.DAILY_LOSS.value: "drawdown_limit",
     LimitType.POSITION_SIZE.value: "position_risk",
@@ -79,7 +70,6 @@ ALERT_TYPES = {
 """The alert type of a refusal by each limit (the spec's types, extended); any other limit: `order_limit`."""
 RATE_WINDOW_SECONDS = 60
 PRICES_REUSE_SECONDS = 0.25
-_LIMIT_TYPES = frozenset(t.value for t in LimitType)
 _LOCK_NAMESPACE = 0x5249534B  # "RISK": the first key of the two-key advisory lock that serialises one user's limits
 
 
@@ -177,134 +167,6 @@ def _rate_unavailable(limit: Limit, exc: ServiceUnavailable) -> RiskCheckUnavail
     )
 
 
-# --- what the gate reads -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Loaded:
-    """A user's limits and standing as read in one query (before prices are applied)."""
-
-    limits: list[Limit] = field(default_factory=list)
-    kill_switch: bool | None = None  # None: the user has no risk rows yet (defaults not created)
-    trip_on_daily_loss: bool = False
-    positions: dict[tuple[uuid.UUID, str], Decimal] = field(default_factory=dict)
-    working: list[risk.WorkingOrder] = field(default_factory=list)
-    balances: dict[str, Decimal] = field(default_factory=dict)
-    previous_snapshot: tuple[date, Decimal] | None = None
-    account_openings: list[datetime] = field(default_factory=list)
-
-    def standing(self, deposit_per_account: Decimal) -> risk.Standing:
-        start = risk.start_of_day_value(self.previous_snapshot, self.account_openings, deposit_per_account)
-        return risk.Standing(self.positions, tuple(self.working), self.balances, start)
-
-    def accept(self, order: OrderRow) -> None:
-        """Count `order`, just accepted, as working: the next order judged on this standing sees it."""
-        self.working.append(
-            risk.WorkingOrder(order.account_id, order.symbol, order.side, order.quantity, order.reserved)
-        )
-
-
-def _row(kind: str, **cols: Any) -> list[Any]:
-    """One branch of the union: every branch has the same typed columns, NULL where it has nothing to say."""
-    types: dict[str, TypeEngine[Any]] = {
-        "symbol": String(50),
-        "key": String(50),
-        "ref": Uuid(),
-        "a": Money,
-        "b": Money,
-        "c": Money,
-        "at": UTCDateTime(),
-        "day": Date(),
-        "flag": Integer(),
-    }
-    out: list[Any] = [
-        literal_column(f"'{kind}'", String(1)).label("kind"),
-        bindparam("nth", type_=Integer()).label("nth"),  # which run of the query a row is of (`RiskGate.load_many`)
-    ]
-    for name, type_ in types.items():
-        value = cols.get(name)
-        out.append((cast(null(), type_) if value is None else value).label(name))
-    return out
-
-
-def standing_query(*, of_symbol: bool) -> CompoundSelect[Any]:
-    """The user's limits, positions (of the `symbol` parameter, or all), working orders, balances, last snapshot
-    before `today` and paper accounts: one round trip. Parameters `user_id`, `today` (and `symbol`), and `nth`, which
-    every row repeats.
-
-    Built once per shape and reused: building and hashing a statement this size costs more than running it.
-    """
-    user_id, today = bindparam("user_id", type_=Uuid()), bindparam("today", type_=Date())
-    limits = select(
-        *_row(
-            "l",
-            symbol=TradingLimit.symbol,
-            key=TradingLimit.limit_type,
-            ref=TradingLimit.id,
-            a=TradingLimit.limit_value,
-            flag=case((TradingLimit.is_active, 1), else_=0),
-        )
-    ).where(TradingLimit.user_id == user_id)
-    positions = select(*_row("p", symbol=Position.symbol, ref=Position.account_id, a=Position.size)).where(
-        Position.user_id == user_id
-    )
-    if of_symbol:
-        positions = positions.where(Position.symbol == bindparam("symbol", type_=String(50)))
-    orders = select(
-        *_row(
-            "o",
-            symbol=Order.symbol,
-            key=Order.side,
-            ref=Order.account_id,
-            a=Order.quantity,
-            b=Order.filled_quantity,
-            c=Order.reserved,
-        )
-    ).where(Order.user_id == user_id, Order.status.in_([literal_column(f"'{s}'") for s in WORKING]))
-    balances = select(*_row("b", key=Balance.asset, ref=Balance.account_id, a=Balance.total)).where(
-        Balance.user_id == user_id
-    )
-    last = (
-        select(PortfolioSnapshot.total_value, PortfolioSnapshot.snapshot_date)
-        .where(PortfolioSnapshot.user_id == user_id, PortfolioSnapshot.snapshot_date < today)
-        .order_by(PortfolioSnapshot.snapshot_date.desc())
-        .limit(1)
-        .subquery()
-    )
-    snapshot = select(*_row("s", a=last.c.total_value, day=last.c.snapshot_date))
-    accounts = select(*_row("a", ref=TradingAccount.id, at=TradingAccount.created_at)).where(
-        TradingAccount.user_id == user_id, TradingAccount.exchange == "paper"
-    )
-    return union_all(limits, positions, orders, balances, snapshot, accounts)
-
-
-_STANDING = {of_symbol: DriverQuery(standing_query(of_symbol=of_symbol)) for of_symbol in (True, False)}
-_INSERT_ALERT = DriverInsert(RiskAlert.__table__)
-
-
-def parse_standing(rows: Sequence[Any]) -> Loaded:
-    loaded = Loaded()
-    for r in rows:
-        if r.kind == "l":
-            if r.key == KILL_SWITCH:
-                loaded.kill_switch = bool(r.flag)
-            elif r.key == KILL_SWITCH_ON_DAILY_LOSS:
-                loaded.trip_on_daily_loss = bool(r.flag)
-            elif r.flag and r.key in _LIMIT_TYPES:
-                loaded.limits.append(Limit(LimitType(r.key), r.a, r.symbol, r.ref))
-        elif r.kind == "p":
-            loaded.positions[(r.ref, r.symbol)] = r.a
-        elif r.kind == "o":
-            loaded.working.append(risk.WorkingOrder(r.ref, r.symbol, r.key, r.a - r.b, r.c))
-        elif r.kind == "b":
-            loaded.balances[r.key] = loaded.balances.get(r.key, Decimal(0)) + r.a
-        elif r.kind == "s":
-            loaded.previous_snapshot = (r.day, r.a)
-        elif r.kind == "a":
-            loaded.account_openings.append(r.at)
-    return loaded
-
-
 async def lock_user_limits(session: AsyncSession, user_id: uuid.UUID) -> None:
     """Serialise changes to one user's limits (SQLite: its write transactions are serial already)."""
     if session.get_bind().dialect.name == "postgresql":
@@ -373,6 +235,9 @@ def refusal_alert(order: OrderRow, refusal: RiskRefused) -> RiskAlert:
         acknowledged=False,
         created_at=datetime.now(UTC),
     )
+
+
+_INSERT_ALERT = DriverInsert(RiskAlert.__table__)
 
 
 async def write_alerts(tx: Target, alerts: Sequence[RiskAlert]) -> None:
@@ -565,14 +430,14 @@ class RiskGate:
         today = datetime.now(UTC).date()
         runs = [{"user_id": u, "today": today, "symbol": s, "nth": n} for n, (u, s) in enumerate(keys)]
         loaded: list[list[Any]] = [[] for _ in keys]
-        for row in await _STANDING[True].fetch_each(tx, runs):
+        for row in await STANDING[True].fetch_each(tx, runs):
             loaded[row.nth].append(row)
         return [parse_standing(rows) for rows in loaded]
 
     async def load(self, user_id: uuid.UUID, symbol: str | None, tx: Target | None = None) -> Loaded:
         """Limits and standing in one query (positions of `symbol` only, when given), in `tx` when given."""
         params = {"user_id": user_id, "today": datetime.now(UTC).date(), "symbol": symbol, "nth": 0}
-        query = _STANDING[symbol is not None]
+        query = STANDING[symbol is not None]
         rows: Sequence[Any]
         if tx is not None:  # the order path: on the driver (D38, D42)
             rows = await query.fetch(tx, **params)
