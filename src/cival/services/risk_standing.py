@@ -3,7 +3,8 @@
 The limits, the kill switch and its automatic trip, the user's positions (of one symbol, or all), working orders,
 balances, the last snapshot before today and the paper accounts' openings: everything the configured limits need
 besides prices, as one union of typed rows (`RiskGate.load`, and `RiskGate.load_many` for a batch's users in one
-round trip, D63). Working orders are read through `idx_orders_user_working` (D54), whose predicate is `WORKING`.
+round trip, D63). Working orders are read through `idx_orders_user_working` (D54), whose predicate
+(`models.WORKING_ORDERS`) names the statuses of `WORKING`.
 """
 
 from __future__ import annotations
