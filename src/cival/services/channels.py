@@ -66,15 +66,12 @@ Resolve = Callable[[str, Principal], str]
 """Client channel name and caller -> cache channel; raises UnknownChannel."""
 
 
-def _decimal_text(value: Any) -> Any:
-    # Money travels as text, never float: Decimal keeps its exact digits.
+def _json_default(value: Any) -> Any:
+    # Money travels as text, never float: Decimal keeps its exact digits. (orjson writes the other types itself and
+    # calls this for Decimals only, so they are looked for first; the standard library's encoder calls it for all.)
     if isinstance(value, Decimal):
         return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Decimal | uuid.UUID):
+    if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, datetime):
         return iso(value)
@@ -103,7 +100,7 @@ def dumps_bytes(value: Mapping[str, Any]) -> bytes:
     what both take and raises for what neither does. Floats (never money) are written in their shortest exact
     digits, a NaN or an infinity as null."""
     try:
-        return orjson.dumps(value, default=_decimal_text, option=_OPTIONS)
+        return orjson.dumps(value, default=_json_default, option=_OPTIONS)
     except orjson.JSONEncodeError:
         return _ENCODER.encode(value).encode()
 
