@@ -285,16 +285,19 @@ def test_a_position_reloaded_from_its_row_and_updated_equals_the_fold(trades: li
     assert then(row, *trades[cut:]) == fold_trades(SYMBOL, trades)
 
 
-@given(st.lists(st.tuples(quantities, prices), min_size=1, max_size=20))
-def test_each_add_rounds_the_average_half_even_and_the_drift_is_bounded(entries: list[tuple[Decimal, Decimal]]) -> None:
+@given(st.lists(st.tuples(quantities, prices), min_size=1, max_size=20), st.sampled_from(["buy", "sell"]))
+def test_each_add_rounds_the_average_half_even_and_the_drift_is_bounded(
+    entries: list[tuple[Decimal, Decimal]], side: Literal["buy", "sell"]
+) -> None:
     half_unit = Fraction(STORAGE_UNIT) / 2
+    sign = 1 if side == "buy" else -1  # adding to a long, or to a short
     pos = Position.flat(SYMBOL)
     for adds, (quantity, price) in enumerate(entries, start=1):
         before = pos
-        pos = apply_trade(pos, "buy", quantity, price)
+        pos = apply_trade(pos, side, quantity, price)
         # one step: the exact mean of the stored average and the fill, rounded half-even (ties to an even digit)
         step = (
-            Fraction(before.size) * Fraction(before.average_price) + Fraction(quantity) * Fraction(price)
+            Fraction(before.size) * Fraction(before.average_price) + sign * Fraction(quantity) * Fraction(price)
         ) / Fraction(pos.size)
         error = Fraction(pos.average_price) - step
         assert abs(error) <= half_unit

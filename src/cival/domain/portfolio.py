@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import (
+    ROUND_05UP,
     ROUND_CEILING,
     ROUND_DOWN,
     ROUND_HALF_EVEN,
@@ -47,7 +48,6 @@ from decimal import (
     Overflow,
     localcontext,
 )
-from fractions import Fraction
 from types import MappingProxyType
 from typing import Literal, Protocol
 
@@ -69,6 +69,10 @@ _ORDER_TYPES: frozenset[str] = frozenset({"market", "limit", "stop", "stop_limit
 # would have to round raises instead.
 _EXACT = Context(prec=100, traps=[InvalidOperation, DivisionByZero, Overflow, Inexact])
 _ROUNDING = Context(prec=100, traps=[InvalidOperation, DivisionByZero, Overflow])
+_TO_ODD = Context(prec=100, rounding=ROUND_05UP, traps=[InvalidOperation, DivisionByZero, Overflow])
+"""Divides rounding "to odd" (ROUND_05UP): an inexact quotient never ends in 0 or 5, so with digits to spare it never
+sits on a tie of a later rounding to fewer places that the exact quotient is not on, nor crosses one: rounding it
+again is rounding the exact quotient once."""
 
 
 class PortfolioError(ValueError):
@@ -198,9 +202,10 @@ class TradeLike(Protocol):
 
 
 def _average(cost: Decimal, size: Decimal) -> Decimal:
-    """`cost / size` rounded half-even to 8 decimals, from the exact quotient (no double rounding)."""
-    units = round(Fraction(cost) / Fraction(size) / Fraction(STORAGE_UNIT))  # round() on a Fraction is half-even
-    return Decimal(units).scaleb(-SCHEMA_DECIMAL_PLACES, context=_EXACT)
+    """`cost / size` rounded half-even to 8 decimals, as from the exact quotient (no double rounding): the quotient
+    to 100 digits rounded to odd (`_TO_ODD`; an average price has at most 12 before the point, so 80 and more after
+    it where 8 and 2 would do), then to 8 decimals."""
+    return _TO_ODD.divide(cost, size).quantize(STORAGE_UNIT, rounding=ROUND_HALF_EVEN, context=_ROUNDING)
 
 
 def apply_trade(
