@@ -15,9 +15,8 @@ Speed (see benchmarks/market_data_ingest.py): rows spelled plainly (`30000.5`) a
 expression per block of the file and padded to the fixed-width text `ExactDecimal` stores on SQLite, which compares
 like the numbers, so no `Decimal` is built for them; any other spelling (exponents, quotes, spaces, more than 8
 zero decimals) and any row that fails a check goes through `Decimal`, which gives the precise diagnosis. Values
-travel as that exact decimal text and are never floats. SQLite gets an `executemany` of values in their stored
-form, with ascending ids; PostgreSQL gets a text-format `COPY` into a temporary staging table, which it parses
-itself, then one `INSERT ... SELECT ... ON CONFLICT` into the table.
+travel as that exact decimal text and are never floats, to `database/candle_writes.py`, which stores them in bulk
+(`executemany` on SQLite, a text `COPY` and one upsert on PostgreSQL).
 
 On SQLite the import holds the database's write lock until it commits, like any transaction there: other writers
 wait, so import large files while the API is idle (or on PostgreSQL).
@@ -27,11 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import io
 import json
 import re
-import secrets
-import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,13 +35,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Literal, Protocol
-
-from sqlalchemy import text as sql_text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from typing import Any, Literal
 
 from cival.core.db import Database
 from cival.core.exceptions import ValidationFailed
+from cival.database.candle_writes import CandleRow, candle_writer
 from cival.database.types import DecimalPrecisionError, ExactDecimal
 from cival.domain.candles import EPOCH, UnknownTimeframe, parse_timeframe
 
@@ -65,8 +59,6 @@ _EXCHANGE = re.compile(r"[a-z0-9_-]{1,50}")
 _SYMBOL = re.compile(r"[A-Z0-9]+/[A-Z0-9]+")
 _DIGITS = re.compile(r"[0-9]+")
 _MAX_TS_MS = int((datetime(9999, 12, 31, 23, 59, tzinfo=UTC) - EPOCH).total_seconds()) * 1000
-_DAY_MS = 86_400_000
-_MINUTE_MS = 60_000
 # A row in canonical form: digits, and at most 12 integer and 8 fractional digits per value. The integer and
 # fractional parts are captured apart so the fixed-width text SQLite stores is two paddings away.
 _NUM = r"([0-9]{1,12})(?:\.([0-9]{1,8}))?"
@@ -74,42 +66,6 @@ _CANONICAL_LINE = re.compile(rf"^([0-9]{{1,15}}),{_NUM},{_NUM},{_NUM},{_NUM},{_N
 _BLANK_LINE = re.compile(r"^[ \t]*\n", re.MULTILINE)
 _BLOCK_CHARS = 256 * 1024
 _JSON_CHUNK = 5_000
-
-_OHLCV = ["open_price", "high_price", "low_price", "close_price", "volume"]
-# The file is the truth for the candles it holds: a re-import replaces them whole, and the file has no quote volume
-# or trade count, so those are cleared rather than left describing other trades.
-_SQLITE_UPSERT = """
-INSERT INTO market_data_ohlcv
-    (id, symbol, exchange, timeframe, open_time, close_time,
-     open_price, high_price, low_price, close_price, volume, created_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (symbol, exchange, timeframe, open_time) DO UPDATE SET
-    close_time = excluded.close_time, open_price = excluded.open_price, high_price = excluded.high_price,
-    low_price = excluded.low_price, close_price = excluded.close_price, volume = excluded.volume,
-    quote_volume = NULL, trades_count = NULL
-"""
-_PG_STAGE = """
-CREATE TEMPORARY TABLE cival_candle_import (
-    open_time timestamptz NOT NULL, close_time timestamptz NOT NULL, open_price numeric NOT NULL,
-    high_price numeric NOT NULL, low_price numeric NOT NULL, close_price numeric NOT NULL, volume numeric NOT NULL
-) ON COMMIT DROP
-"""
-_STAGED = ["open_time", "close_time", *_OHLCV]
-_PG_UPSERT = """
-INSERT INTO market_data_ohlcv
-    (symbol, exchange, timeframe, open_time, close_time, open_price, high_price, low_price, close_price, volume)
-SELECT :symbol, :exchange, :timeframe, open_time, close_time,
-       open_price, high_price, low_price, close_price, volume
-FROM cival_candle_import
-ON CONFLICT (symbol, exchange, timeframe, open_time) DO UPDATE SET
-    close_time = excluded.close_time, open_price = excluded.open_price, high_price = excluded.high_price,
-    low_price = excluded.low_price, close_price = excluded.close_price, volume = excluded.volume,
-    quote_volume = NULL, trades_count = NULL
-"""
-
-# One stored row before it meets a database: ts in ms, then open, high, low, close, volume as SQLite's sortable
-# fixed-width text (`ExactDecimal.encode`), which also orders correctly as plain strings because none is negative.
-_Row = tuple[int, str, str, str, str, str]
 
 
 class ImportFormatError(ValidationFailed):
@@ -169,10 +125,8 @@ async def import_candles(
     chunks, total = _csv_chunks(content, checker) if kind == "csv" else _json_chunks(content, checker)
     async with database.system_session() as session:
         conn = await session.connection()
-        writer: _Writer = (
-            _SqliteWriter(conn, exchange, symbol, timeframe, step)
-            if database.is_sqlite
-            else _PostgresWriter(conn, exchange, symbol, timeframe, step)
+        writer = candle_writer(
+            conn, sqlite=database.is_sqlite, exchange=exchange, symbol=symbol, timeframe=timeframe, step=step
         )
         await writer.start()
         for chunk in chunks:
@@ -243,7 +197,7 @@ class _RowChecker:
         self.rows_read = 0
         self.bad_rows = 0
         self.errors: list[ImportFormatError] = []
-        self.out: list[_Row] = []
+        self.out: list[CandleRow] = []
         self.min_ts: int | None = None
         # Rows arriving in increasing time order cannot repeat a timestamp, so until one arrives out of order the
         # accepted timestamps are only appended to a compact array; the set is built on the first need.
@@ -257,7 +211,7 @@ class _RowChecker:
             return None, None
         return _utc(self.min_ts), _utc(self.max_ts)
 
-    def take_chunk(self) -> list[_Row]:
+    def take_chunk(self) -> list[CandleRow]:
         """The good rows checked since the last call."""
         chunk, self.out = self.out, []
         if chunk:
@@ -321,7 +275,7 @@ class _RowChecker:
         if len(self.errors) < MAX_REPORTED_ERRORS:
             self.errors.append(error)
 
-    def _validate(self, fields: Sequence[object], row: int) -> _Row:
+    def _validate(self, fields: Sequence[object], row: int) -> CandleRow:
         if len(fields) != len(COLUMNS):
             raise ImportFormatError(row, None, f"{len(fields)} columns, expected {len(COLUMNS)} ({', '.join(COLUMNS)})")
         ts = self._timestamp(fields[0], row)
@@ -422,7 +376,7 @@ def _utc(ts_ms: int) -> datetime:
 # --- reading ---------------------------------------------------------------------------------------------------
 
 
-def _csv_chunks(content: str, checker: _RowChecker) -> tuple[Iterator[list[_Row]], int]:
+def _csv_chunks(content: str, checker: _RowChecker) -> tuple[Iterator[list[CandleRow]], int]:
     """Chunks of good rows of a CSV file, and the number of rows in it."""
     if content and not content.endswith("\n"):
         content += "\n"
@@ -442,7 +396,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _csv_blocks(content: str, pos: int, row: int, checker: _RowChecker) -> Iterator[list[_Row]]:
+def _csv_blocks(content: str, pos: int, row: int, checker: _RowChecker) -> Iterator[list[CandleRow]]:
     while pos < len(content):
         end = content.find("\n", pos + _BLOCK_CHARS)
         end = len(content) if end < 0 else end + 1
@@ -465,7 +419,7 @@ def _csv_blocks(content: str, pos: int, row: int, checker: _RowChecker) -> Itera
         pos, row = end, row + lines
 
 
-def _json_chunks(content: str, checker: _RowChecker) -> tuple[Iterator[list[_Row]], int]:
+def _json_chunks(content: str, checker: _RowChecker) -> tuple[Iterator[list[CandleRow]], int]:
     """Chunks of good rows of a JSON array of rows, and the number of rows in it."""
     try:
         items = json.loads(content, parse_float=Decimal, parse_constant=Decimal)
@@ -476,7 +430,7 @@ def _json_chunks(content: str, checker: _RowChecker) -> tuple[Iterator[list[_Row
     return _json_blocks(items, checker), len(items)
 
 
-def _json_blocks(items: list[Any], checker: _RowChecker) -> Iterator[list[_Row]]:
+def _json_blocks(items: list[Any], checker: _RowChecker) -> Iterator[list[CandleRow]]:
     for first in range(0, len(items), _JSON_CHUNK):
         for offset, item in enumerate(items[first : first + _JSON_CHUNK]):
             checker.accept_json(item, first + offset + 1)
@@ -515,130 +469,3 @@ def _locate_json_error(content: str, error: json.JSONDecodeError) -> ImportForma
 def _skip_space(content: str, pos: int) -> int:
     match = _JSON_SPACE.match(content, pos)
     return match.end() if match else pos
-
-
-# --- writing ---------------------------------------------------------------------------------------------------
-
-
-class _Writer(Protocol):
-    async def start(self) -> None: ...
-
-    async def write(self, rows: list[_Row]) -> None: ...
-
-    async def finish(self) -> int: ...
-
-
-class _SqliteWriter:
-    """`executemany` of values already in their stored form: ExactDecimal text, SQLAlchemy's DATETIME text."""
-
-    def __init__(self, conn: AsyncConnection, exchange: str, symbol: str, timeframe: str, step: timedelta) -> None:
-        self.conn = conn
-        self.series = (symbol, exchange, timeframe)
-        self.clock = _Clock(step)
-        self.ids = _AscendingIds()
-        self.created_at = _sqlite_datetime(datetime.now(UTC))
-        self.written = 0
-
-    async def start(self) -> None:
-        return None
-
-    async def write(self, rows: list[_Row]) -> None:
-        if not rows:
-            return
-        symbol, exchange, timeframe = self.series
-        created, times = self.created_at, self.clock.times
-        ids = iter(self.ids.take(len(rows)))
-        params = [
-            (next(ids), symbol, exchange, timeframe, *times(ts), o, h, lo, c, v, created) for ts, o, h, lo, c, v in rows
-        ]
-        await self.conn.exec_driver_sql(_SQLITE_UPSERT, params)
-        self.written += len(params)
-
-    async def finish(self) -> int:
-        return self.written
-
-
-class _PostgresWriter:
-    """`COPY` (text format) into a temporary staging table, then one upsert from it into `market_data_ohlcv`."""
-
-    def __init__(self, conn: AsyncConnection, exchange: str, symbol: str, timeframe: str, step: timedelta) -> None:
-        self.conn = conn
-        self.params = {"symbol": symbol, "exchange": exchange, "timeframe": timeframe}
-        self.clock = _Clock(step)
-        self._driver: Any = None
-
-    async def start(self) -> None:
-        await self.conn.exec_driver_sql(_PG_STAGE)
-        raw = await self.conn.get_raw_connection()
-        self._driver = raw.driver_connection
-
-    async def write(self, rows: list[_Row]) -> None:
-        if not rows:
-            return
-        # Text COPY: PostgreSQL parses the exact decimal text itself, several times faster than asyncpg encodes
-        # Decimals for a binary COPY. The values hold only digits, '.', '-', ':' and ' ', so nothing needs escaping.
-        times = self.clock.times
-        lines = []
-        for ts, o, h, lo, c, v in rows:
-            opened, closed = times(ts)
-            lines.append(f"{opened}+00\t{closed}+00\t{o}\t{h}\t{lo}\t{c}\t{v}\n")
-        payload = io.BytesIO("".join(lines).encode("ascii"))
-        await self._driver.copy_to_table("cival_candle_import", source=payload, columns=_STAGED, format="text")
-
-    async def finish(self) -> int:
-        result = await self.conn.execute(sql_text(_PG_UPSERT), self.params)
-        return result.rowcount
-
-
-class _Clock:
-    """Open and close times of candles as naive UTC text in SQLAlchemy's SQLite DATETIME form, from ms timestamps."""
-
-    def __init__(self, step: timedelta) -> None:
-        self.last_minute = step // timedelta(minutes=1) - 1
-        self._days: dict[int, str] = {}
-
-    def times(self, ts: int) -> tuple[str, str]:
-        day, ms = divmod(ts, _DAY_MS)
-        date = self._days.get(day)
-        if date is None:
-            date = self._days[day] = (EPOCH + timedelta(days=day)).strftime("%Y-%m-%d ")
-        # Every timeframe divides a day and buckets are epoch-aligned, so a candle closes on the day it opens.
-        minute = ms // _MINUTE_MS
-        return date + _OPEN_AT[minute], date + _CLOSE_AT[minute + self.last_minute]
-
-
-def _sqlite_datetime(moment: datetime) -> str:
-    """The text SQLAlchemy's SQLite DATETIME stores for an aware `moment` (naive UTC, microseconds always)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
-_OPEN_AT = [f"{m // 60:02d}:{m % 60:02d}:00.000000" for m in range(24 * 60)]
-_CLOSE_AT = [f"{m // 60:02d}:{m % 60:02d}:59.999999" for m in range(24 * 60)]
-
-
-class _AscendingIds:
-    """UUIDs (RFC 9562 version 7 layout) that ascend within an import, as the 32 hex digits SQLite stores.
-
-    Random keys scatter inserts over the whole primary-key index, which outgrows SQLite's page cache: at a million
-    rows that halves the insert rate. These share one prefix (the import's start in ms, 12 random bits) and count
-    up in the top of `rand_b` above 32 random bits, so the index grows at its end and two imports in the same
-    millisecond still differ in 44 random bits.
-    """
-
-    _COUNTER_LIMIT = 1 << 30
-
-    def __init__(self) -> None:
-        self._reseed()
-
-    def _reseed(self) -> None:
-        now_ms = time.time_ns() // 1_000_000
-        self._prefix = f"{now_ms:012x}7{secrets.randbits(12):03x}"
-        self._base = (0b10 << 62) | secrets.randbits(32)  # the RFC 4122 variant, then the random tail
-        self._next = 0
-
-    def take(self, count: int) -> list[str]:
-        if self._next + count >= self._COUNTER_LIMIT:
-            self._reseed()
-        start, self._next = self._next, self._next + count
-        prefix, base = self._prefix, self._base
-        return [prefix + f"{base + (i << 32):016x}" for i in range(start, start + count)]
