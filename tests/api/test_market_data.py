@@ -57,9 +57,9 @@ async def market(registry: ServiceRegistry, clean_db: Any) -> AsyncIterator[Mark
     await service.start(run=False)  # seeds the paper pairs the emptied database lost
     await drop_latest(registry)
     # State of an earlier test's leadership (see the service tests: become_leader does not reset it).
-    service._status.clear()
-    service._last_ticker_write = 0.0
-    service._last_snapshot_write = 0.0
+    service.feed._status.clear()
+    service.feed._last_ticker_write = 0.0
+    service.feed._last_snapshot_write = 0.0
     await service.become_leader(start_time=START)
     yield service
     await drop_latest(registry)  # later tests (and other apps on the same Redis) see no market of this test's
@@ -497,8 +497,8 @@ async def test_exchange_status_lists_the_paper_exchange(user: Caller, market: Ma
     assert isinstance(paper["response_time_ms"], int)
     assert paper["error_message"] is None
 
-    market.sources[0].fail("connection reset")  # type: ignore[attr-defined]
+    market.feed.sources[0].fail("connection reset")  # type: ignore[attr-defined]
     await steps(market, 1)
     (paper,) = (await user.get(STATUS)).json()
     assert (paper["status"], paper["error_message"]) == ("offline", "connection reset")
-    market.sources[0].recover()  # type: ignore[attr-defined]
+    market.feed.sources[0].recover()  # type: ignore[attr-defined]

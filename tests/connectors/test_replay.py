@@ -71,7 +71,7 @@ async def test_the_service_replays_a_stored_series_onto_the_paper_pair(db: Datab
     replaying = settings.model_copy(update={"replay_source": f"{exchange}:BTC/USDT:5m"})
     service = MarketDataService(db, MemoryCache(), replaying)
     await service.become_leader(start_time=START)
-    assert {tuple(s.instruments) == (BTC,) for s in service.sources} == {True, False}  # replay + the other pairs
+    assert {tuple(s.instruments) == (BTC,) for s in service.feed.sources} == {True, False}  # replay + the other pairs
     closes = []
     for _ in RECORDED:
         await service.run_step()

@@ -29,12 +29,8 @@ from cival.domain.candles import TIMEFRAMES, Candle, TradeTick, aggregate_candle
 from cival.domain.instruments import DEFAULT_START_PRICES, InstrumentError
 from cival.domain.simulated_market import BookEvent, TradeEvent
 from cival.models.market_models import CandleOut, OrderBookOut, TickerOut
-from cival.services.market_data_service import (
-    HIGHER_TIMEFRAMES,
-    LEADER_KEY,
-    MarketDataService,
-    paper_instruments,
-)
+from cival.services.market_data_service import LEADER_KEY, MarketDataService, paper_instruments
+from cival.services.market_feed import HIGHER_TIMEFRAMES
 from tests.conftest import TEST_REDIS_URL
 
 START = datetime(2024, 1, 1, tzinfo=UTC)  # aligned to every timeframe, so each roll-up bucket opens at START
@@ -57,8 +53,8 @@ class Recorder:
         self.books: list[BookEvent] = []
         self.step_frames: list[list[tuple[str, dict[str, Any]]]] = []
         self._service = service
-        service.publish = self._publish
-        source = service.sources[0]
+        service.feed.publish = self._publish
+        source = service.feed.sources[0]
         original = source.poll
 
         async def poll() -> list[Any]:
@@ -365,7 +361,7 @@ async def test_price_tickers_are_upserted_one_row_per_pair(
     assert set(first) == set(SYMBOLS)
 
     for _ in range(10):
-        service._last_ticker_write = 0.0  # a ticker write is due on every one of these steps
+        service.feed._last_ticker_write = 0.0  # a ticker write is due on every one of these steps
         await recorder.step()
 
     rows = await ticker_rows(service)
@@ -414,7 +410,7 @@ async def test_book_snapshots_are_written_when_due_and_old_ones_purged(
     await recorder.step()  # the next snapshot is not due for book_snapshot_seconds
     assert len(await snapshot_rows(service)) == len(SYMBOLS) + 1
 
-    service._last_snapshot_write = 0.0  # make the next one due
+    service.feed._last_snapshot_write = 0.0  # make the next one due
     await recorder.step()
     remaining = await snapshot_rows(service)
     assert all(s.timestamp > old_time for s in remaining)
@@ -437,7 +433,7 @@ async def test_snapshot_interval_follows_the_setting(
 async def test_exchange_status_follows_the_source(make_service: MakeService) -> None:
     service = make_service()
     await service.become_leader(start_time=START)
-    source = service.sources[0]
+    source = service.feed.sources[0]
     assert await status_row(service) is None
 
     await service.run_step()
@@ -480,7 +476,7 @@ async def test_an_outage_keeps_the_last_prices_and_publishes_nothing(
     recorder = Recorder(service, monkeypatch)
     await recorder.step()
     before = await service.cache.get("md:latest:ticker:paper:BTC/USDT")
-    service.sources[0].fail("boom")  # type: ignore[attr-defined]
+    service.feed.sources[0].fail("boom")  # type: ignore[attr-defined]
     await recorder.step()
     assert recorder.step_frames[-1] == []
     assert await service.cache.get("md:latest:ticker:paper:BTC/USDT") == before
@@ -499,7 +495,7 @@ async def test_a_returning_leader_rewrites_a_status_another_leader_left_offline(
 
     # `first` loses the lease; `second` leads and its source is down.
     await second.become_leader(start_time=START + timedelta(seconds=1))
-    second.sources[0].fail("down")  # type: ignore[attr-defined]
+    second.feed.sources[0].fail("down")  # type: ignore[attr-defined]
     await second.run_step()
     row = await status_row(first)
     assert row is not None

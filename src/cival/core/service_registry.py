@@ -118,7 +118,7 @@ class ServiceRegistry:
         self.accounts = AccountService(self.database, self.credentials, s.paper_starting_balances)
 
         self.market_data = MarketDataService(self.database, self.cache, s)
-        self.market_data.publish = functools.partial(publish_public, self.cache)
+        self.market_data.feed.publish = functools.partial(publish_public, self.cache)
 
         # The paper exchange matches on the leader's market steps; its books are rebuilt from the database first.
         market = self.market_data
@@ -151,8 +151,8 @@ class ServiceRegistry:
         self._started.append("orders")
         # Whichever worker leads market data works paper orders: it rebuilds the books from the database first.
         market.leadership_listeners.append(self.orders.on_leadership)
-        market.listeners.append(self.paper.on_market)
-        market.listeners.append(self.risk.on_market)  # automatic kill switch trips on daily loss
+        market.feed.listeners.append(self.paper.on_market)
+        market.feed.listeners.append(self.risk.on_market)  # automatic kill switch trips on daily loss
 
         await self.market_data.start()
         self._started.append("market_data")
