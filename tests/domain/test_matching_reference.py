@@ -37,6 +37,7 @@ from cival.domain.matching import (
     Triggered,
 )
 from cival.domain.order_book import BookLevel, OrderBookL2
+from cival.domain.order_validation import OrderValidator
 from cival.domain.orders import (
     CancelReason,
     Fill,
@@ -44,7 +45,6 @@ from cival.domain.orders import (
     OrderRejected,
     OrderSide,
     OrderType,
-    OrderValidator,
     RejectCode,
     TimeInForce,
     quantize_stored,

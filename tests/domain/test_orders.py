@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cival.domain.instruments import Instrument
+from cival.domain.order_validation import OrderValidator, validate_order
 from cival.domain.orders import (
     TERMINAL_STATUSES,
     TRANSITIONS,
@@ -25,14 +26,12 @@ from cival.domain.orders import (
     OrderState,
     OrderStatus,
     OrderType,
-    OrderValidator,
     Overfill,
     RejectCode,
     TimeInForce,
     apply_fill,
     quantize_stored,
     transition,
-    validate_order,
 )
 
 NOW = datetime(2024, 3, 10, 12, 0, tzinfo=UTC)

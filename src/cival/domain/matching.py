@@ -65,6 +65,7 @@ from cival.domain.matching_events import (
     Triggered,
 )
 from cival.domain.order_book import BookLevel, OrderBookL2
+from cival.domain.order_validation import OrderValidator
 from cival.domain.orders import (
     MAX_STORED,
     STORED_QUANTUM,
@@ -73,7 +74,6 @@ from cival.domain.orders import (
     OrderRejected,
     OrderSide,
     OrderType,
-    OrderValidator,
     RejectCode,
     TimeInForce,
 )

@@ -35,6 +35,7 @@ from cival.database.rows import OrderRow, row_of
 from cival.domain import portfolio as pf
 from cival.domain.instruments import Instrument
 from cival.domain.matching import Cancelled, Event, OpenOrder, OrderRequest, Rested
+from cival.domain.order_validation import validate_order
 from cival.domain.orders import (
     TERMINAL_STATUSES,
     CancelReason,
@@ -44,7 +45,6 @@ from cival.domain.orders import (
     OrderType,
     TimeInForce,
     transition,
-    validate_order,
 )
 from cival.models.trading_models import OrderIn, OrderOut, OrderPage, TradeOut, TradePage
 from cival.services.auth_service import Principal
