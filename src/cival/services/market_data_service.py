@@ -96,7 +96,8 @@ class MarketDataService:
         self.instance_id = uuid.uuid4().hex
         instruments, start_prices, volatilities = paper_instruments(settings)
         self.instruments: dict[tuple[str, str], Instrument] = {(i.exchange, i.symbol): i for i in instruments}
-        self.feed = MarketFeed(database, cache, settings, self.instruments, start_prices, volatilities)  # the leader's
+        # Started when this instance becomes the leader (`become_leader`), stepped by it alone.
+        self.feed = MarketFeed(database, cache, settings, self.instruments, start_prices, volatilities)
         self._known: set[tuple[str, str]] = set()
         self._parsed_books: dict[str, tuple[bytes, OrderBookL2]] = {}  # cache key -> (its value, parsed): latest_book
         self._task: asyncio.Task[None] | None = None
