@@ -1,24 +1,31 @@
 """Crash safety of the order path (issue 5): SIGKILL the server during a burst of orders, restart, check the books.
 
-Each run starts `python -m cival serve` on a fresh SQLite data dir (market data on, so market orders fill and GTC
-limits rest), registers a trader with a funded paper account and fires a burst of placements (market and limit,
-each with its own `Idempotency-Key`) from 4 concurrent clients. After a seeded random number of acknowledged
-(2xx) placements, plus a seeded random delay, the server is SIGKILLed: some requests are in flight then. The server
-is restarted on the same data dir and the run checks that
+Each run starts `python -m cival serve` on a fresh database (market data on, so market orders fill and GTC limits
+rest), registers a trader with a funded paper account and fires a burst of placements (market and limit, each with
+its own `Idempotency-Key`) from 4 concurrent clients. After a seeded random number of acknowledged (2xx)
+placements, plus a seeded random delay, the server is SIGKILLed: some requests are in flight then. The server is
+restarted on the same database (and cache) and, once the restarted process has reconciled the paper orders, the run
+checks that
 
 - every acknowledged order exists (`GET /api/v1/orders/{id}`);
 - no trade is stored twice (trades' `(exchange, external_trade_id)` are unique: row count == distinct count);
-- free + locked = total and free, locked >= 0 for every balance; filled <= quantity for every order; no order is
-  left `unknown`, and only resting GTC limits are still working;
+- free + locked = total and free, locked >= 0 for every balance; filled <= quantity for every order, and its filled
+  quantity and fees are the sums of its trades; no order is left `unknown`, and only resting GTC limits are still
+  working;
 - every position equals the fold of its trades (`cival.domain.portfolio.fold_trades`, in the order they were stored);
-- a retry of an acknowledged request with the same `Idempotency-Key` returns the same order, not a new one.
+- a retry of an acknowledged request with the same `Idempotency-Key` returns the same order, not a new one; a retry
+  of a request that was in flight at the kill returns the order it stored, if it stored one, or is placed now —
+  never twice — and the books still hold afterwards.
 
-The suite runs 3 seeds; a manual soak runs many more:
-`CRASH_RUNS=50 .venv/bin/pytest tests/integration/test_crash_safety.py`.
+Two settings, 3 seeds each in the suite:
+- SQLite with the in-process cache (always): the process dying between commit and send and mid-transaction, WAL
+  recovery included; the checks read the database file directly.
+- PostgreSQL + Redis (`CIVAL_TEST_DATABASE_URL` and `CIVAL_TEST_REDIS_URL`; a scratch database and a cache prefix
+  per run): the deployment's setting, where the cache outlives the process — its market-data leader lease (the
+  restarted process works paper orders only once the dead one's lease expires, within 5 s), the rows cached and the
+  live streams; the checks read the tables as their owner.
 
-SQLite only, by design: the point is the process dying between commit and send and mid-transaction, which the
-embedded database exercises in full (WAL recovery included); the checks read the database file directly. The
-PostgreSQL suite run (`CIVAL_TEST_DATABASE_URL`) runs these same SQLite crash runs.
+A manual soak runs many more: `CRASH_RUNS=50 .venv/bin/pytest tests/integration/test_crash_safety.py`.
 """
 
 from __future__ import annotations
@@ -33,17 +40,23 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
+import redis.asyncio as aioredis
+from sqlalchemy import text
 from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import make_url
 
+from cival.core.db import make_engine
+from cival.database import migrate
 from cival.database.types import ExactDecimal
 from cival.domain.portfolio import fold_trades
 
@@ -51,6 +64,7 @@ SEEDS = list(range(int(os.environ.get("CRASH_RUNS", "3"))))
 BURST = 40  # placements per run
 CLIENTS = 4
 RUN_TIMEOUT = 90.0  # seconds: a whole run (two starts, the burst, the checks) is bounded by this
+SETTLE_TIMEOUT = 20.0  # seconds for the restarted process to reconcile (on Redis: after the dead lease expires)
 SYMBOL = "BTC/USDT"
 _MONEY = ExactDecimal(20, 8)
 _DIALECT = sqlite_dialect.dialect()
@@ -76,19 +90,23 @@ class Server:
 
 
 @contextmanager
-def running_server(data_dir: Path, log: Path) -> Iterator[Server]:
-    """`python -m cival serve` on `data_dir`, yielded once healthy; killed (if still alive) on exit."""
+def running_server(backend: Backend, log: Path) -> Iterator[Server]:
+    """`python -m cival serve` on `backend`, yielded once healthy; killed (if still alive) on exit."""
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CIVAL_")} | {
-        "CIVAL_DATA_DIR": str(data_dir),
-        "CIVAL_LOG_LEVEL": "WARNING",
-        "CIVAL_LOG_JSON": "false",
-        "CIVAL_MARKET_DATA_ENABLED": "true",
-        "CIVAL_MARKET_STEP_SECONDS": "0.2",
-        "CIVAL_RATE_LIMIT_LOGIN": "1000/60",
-        "CIVAL_RATE_LIMIT_REGISTER": "1000/60",
-        "CIVAL_PAPER_STARTING_BALANCES": '{"USDT": "100000"}',
-    }
+    env = (
+        {k: v for k, v in os.environ.items() if not k.startswith("CIVAL_")}
+        | {
+            "CIVAL_DATA_DIR": str(backend.data_dir),
+            "CIVAL_LOG_LEVEL": "WARNING",
+            "CIVAL_LOG_JSON": "false",
+            "CIVAL_MARKET_DATA_ENABLED": "true",
+            "CIVAL_MARKET_STEP_SECONDS": "0.2",
+            "CIVAL_RATE_LIMIT_LOGIN": "1000/60",
+            "CIVAL_RATE_LIMIT_REGISTER": "1000/60",
+            "CIVAL_PAPER_STARTING_BALANCES": '{"USDT": "100000"}',
+        }
+        | backend.env
+    )
     with log.open("ab") as out:
         proc = subprocess.Popen(  # noqa: S603 - our own CLI and interpreter
             [sys.executable, "-m", "cival", "serve", "--port", str(port)], env=env, stdout=out, stderr=out
@@ -202,39 +220,106 @@ def _wait_for_book(base: str, token: str, deadline: float) -> tuple[Decimal, Dec
         time.sleep(0.05)  # polling interval under a deadline
 
 
-def _check_storage(db: Path) -> None:
+@dataclass(frozen=True)
+class Stored:
+    """What the checks read back, ids as UUIDs and amounts as Decimals whatever the database."""
+
+    orders: list[tuple[uuid.UUID, str | None, str, str, str, Decimal, Decimal, Decimal]]
+    """id, client_order_id, type, time_in_force, status, quantity, filled_quantity, fees."""
+    trades: list[tuple[uuid.UUID, str, str | None, uuid.UUID, str, str, Decimal, Decimal, Decimal]]
+    """order_id, exchange, external_trade_id, account_id, symbol, side, quantity, price, fees: in stored order."""
+    balances: list[tuple[str, Decimal, Decimal, Decimal]]
+    """asset, free, locked, total."""
+    positions: list[tuple[uuid.UUID, str, Decimal, Decimal]]
+    """account_id, symbol, size, average_price."""
+
+
+_ORDERS = "SELECT id, client_order_id, type, time_in_force, status, quantity, filled_quantity, fees FROM orders"
+_TRADES = (
+    "SELECT t.order_id, t.exchange, t.external_trade_id, o.account_id, t.symbol, t.side, t.quantity, t.price, t.fees "
+    "FROM trades t JOIN orders o ON o.id = t.order_id ORDER BY t.{position}"
+)
+_BALANCES = "SELECT asset, free, locked, total FROM balances"
+_POSITIONS = "SELECT account_id, symbol, size, average_price FROM positions"
+
+
+def _read_sqlite(db: Path) -> Stored:
+    def uid(value: Any) -> uuid.UUID:
+        return uuid.UUID(str(value))
+
     with sqlite3.connect(db) as conn:
-        total, distinct = conn.execute(
-            "SELECT count(*), count(DISTINCT exchange || '|' || external_trade_id) FROM trades"
-        ).fetchone()
-        assert total == distinct, f"{total - distinct} duplicated trades"
-        assert conn.execute("SELECT count(*) FROM trades WHERE external_trade_id IS NULL").fetchone()[0] == 0
+        return Stored(
+            orders=[
+                (uid(i), c, k, t, s, _dec(q), _dec(f), _dec(fee)) for i, c, k, t, s, q, f, fee in conn.execute(_ORDERS)
+            ],
+            trades=[
+                (uid(o), e, x, uid(a), s, side, _dec(q), _dec(p), _dec(f))
+                for o, e, x, a, s, side, q, p, f in conn.execute(_TRADES.format(position="rowid"))
+            ],
+            balances=[(a, _dec(f), _dec(lk), _dec(t)) for a, f, lk, t in conn.execute(_BALANCES)],
+            positions=[(uid(a), s, _dec(size), _dec(avg)) for a, s, size, avg in conn.execute(_POSITIONS)],
+        )
 
-        for asset, free, locked, balance_total in conn.execute("SELECT asset, free, locked, total FROM balances"):
-            f, lk, t = _dec(free), _dec(locked), _dec(balance_total)
-            assert f + lk == t, (asset, f, lk, t)
-            assert f >= 0, (asset, f)
-            assert lk >= 0, (asset, lk)
 
-        orders = conn.execute(
-            "SELECT id, type, time_in_force, status, quantity, filled_quantity, fees FROM orders"
-        ).fetchall()
-        fills: dict[str, tuple[Decimal, Decimal]] = {}
-        for order_id, quantity, fee in conn.execute("SELECT order_id, quantity, fees FROM trades"):
-            q, f = fills.get(order_id, (Decimal(0), Decimal(0)))
-            fills[order_id] = (q + _dec(quantity), f + _dec(fee))
-        for order_id, kind, tif, status, quantity, filled, fees in orders:
-            assert _dec(filled) <= _dec(quantity), (order_id, filled, quantity)
-            assert (_dec(filled), _dec(fees)) == fills.get(order_id, (Decimal(0), Decimal(0))), order_id
-            assert status != "unknown", order_id
-            if status in ("pending", "partial"):  # after reconciliation only a resting limit can still work
-                assert (kind, tif) == ("limit", "GTC"), (order_id, kind, tif, status)
+def _read_postgres(url: str) -> Stored:
+    """The tables as their owner reads them (row-level security does not apply); trades in heap order — they are
+    only ever inserted, so `ctid` order is the order they were stored in."""
 
-        trades = conn.execute(
-            "SELECT o.account_id, t.symbol, t.side, t.quantity, t.price, t.fees "
-            "FROM trades t JOIN orders o ON o.id = t.order_id ORDER BY t.rowid"
-        ).fetchall()
-        positions = conn.execute("SELECT account_id, symbol, size, average_price FROM positions").fetchall()
+    async def read() -> Stored:
+        conn = await asyncpg.connect(url)
+        try:
+            return Stored(
+                orders=[tuple(r) for r in await conn.fetch(_ORDERS)],
+                trades=[tuple(r) for r in await conn.fetch(_TRADES.format(position="ctid"))],
+                balances=[tuple(r) for r in await conn.fetch(_BALANCES)],
+                positions=[tuple(r) for r in await conn.fetch(_POSITIONS)],
+            )
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
+
+
+def _unsettled(stored: Stored) -> list[str]:
+    """Orders reconciliation has yet to settle: `unknown`, or working though they cannot rest on the paper book."""
+    return [
+        f"{order_id} {kind}/{tif} {status}"
+        for order_id, _, kind, tif, status, *_ in stored.orders
+        if status == "unknown" or (status in ("pending", "partial") and (kind, tif) != ("limit", "GTC"))
+    ]
+
+
+def _wait_until_reconciled(backend: Backend) -> Stored:
+    """The stored rows once the restarted process has reconciled its paper orders (at once on SQLite; on Redis once
+    the dead process's market-data lease has expired and this one leads)."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while True:
+        stored = backend.read()
+        unsettled = _unsettled(stored)
+        if not unsettled:
+            return stored
+        assert time.monotonic() < deadline, f"not reconciled after {SETTLE_TIMEOUT:g} s: {unsettled}"
+        time.sleep(0.1)  # polling interval under a deadline
+
+
+def _check_storage(stored: Stored) -> None:
+    trade_ids = [(exchange, external) for _, exchange, external, *_ in stored.trades]
+    assert len(trade_ids) == len(set(trade_ids)), f"{len(trade_ids) - len(set(trade_ids))} duplicated trades"
+    assert all(external is not None for _, external in trade_ids)
+
+    for asset, free, locked, total in stored.balances:
+        assert free + locked == total, (asset, free, locked, total)
+        assert free >= 0, (asset, free)
+        assert locked >= 0, (asset, locked)
+
+    fills: dict[uuid.UUID, tuple[Decimal, Decimal]] = {}
+    for order_id, _, _, _, _, _, quantity, _, fee in stored.trades:
+        q, f = fills.get(order_id, (Decimal(0), Decimal(0)))
+        fills[order_id] = (q + quantity, f + fee)
+    for order_id, _, _, _, _, quantity, filled, fees in stored.orders:
+        assert filled <= quantity, (order_id, filled, quantity)
+        assert (filled, fees) == fills.get(order_id, (Decimal(0), Decimal(0))), order_id
+    assert not _unsettled(stored), _unsettled(stored)
 
     @dataclass
     class _Trade:
@@ -244,25 +329,93 @@ def _check_storage(db: Path) -> None:
         price: Decimal
         fees: Decimal
 
-    by_key: dict[tuple[str, str], list[_Trade]] = {}
-    for account_id, symbol, side, quantity, price, fee in trades:
-        by_key.setdefault((account_id, symbol), []).append(_Trade(symbol, side, _dec(quantity), _dec(price), _dec(fee)))
-    stored = {(a, s): (_dec(size), _dec(avg)) for a, s, size, avg in positions}
+    by_key: dict[tuple[uuid.UUID, str], list[_Trade]] = {}
+    for _, _, _, account_id, symbol, side, quantity, price, fee in stored.trades:
+        by_key.setdefault((account_id, symbol), []).append(_Trade(symbol, side, quantity, price, fee))
+    positions = {(a, s): (size, avg) for a, s, size, avg in stored.positions}
     for (account_id, symbol), rows in by_key.items():
         folded = fold_trades(symbol, rows)
-        assert stored.get((account_id, symbol)) == (folded.size, folded.average_price), (symbol, folded)
-    for key, (size, _) in stored.items():
+        assert positions.get((account_id, symbol)) == (folded.size, folded.average_price), (symbol, folded)
+    for key, (size, _) in positions.items():
         assert key in by_key or size == 0, f"position {key} without trades"
 
 
+# --- where a run keeps its data ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The server's storage for a run: its data dir, its extra environment and how the checks read the tables."""
+
+    data_dir: Path
+    env: dict[str, str]
+    read: Callable[[], Stored]
+
+
+@pytest.fixture
+def sqlite_backend(tmp_path: Path) -> Backend:
+    data_dir = tmp_path / "data"
+    return Backend(data_dir, {}, lambda: _read_sqlite(data_dir / "cival.sqlite3"))
+
+
+@pytest.fixture
+async def postgres_backend(tmp_path: Path, postgres_url: str, redis_url: str) -> AsyncIterator[Backend]:
+    """A scratch database on the test server (migrated, dropped afterwards) and a cache prefix of its own on the test
+    Redis (its keys deleted afterwards): the restarted server finds the dead one's cache as it left it."""
+    server = make_url(postgres_url)
+    name = f"cival_crash_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(server.render_as_string(hide_password=False), app_role=False)
+    admin = admin.execution_options(isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = server.set(database=name)
+    prefix = f"cival-crash:{uuid.uuid4().hex[:12]}:"
+    try:
+        await migrate.upgrade(url.render_as_string(hide_password=False))
+        plain = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        yield Backend(
+            tmp_path / "data",
+            {"CIVAL_DATABASE_URL": plain, "CIVAL_REDIS_URL": redis_url, "CIVAL_REDIS_PREFIX": prefix},
+            lambda: _read_postgres(plain),
+        )
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
+        cache = aioredis.from_url(redis_url)
+        try:
+            keys = [key async for key in cache.scan_iter(match=f"{prefix}*", count=1000)]
+            if keys:
+                await cache.delete(*keys)
+        finally:
+            await cache.aclose()
+
+
+# --- the run ----------------------------------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize("seed", SEEDS)
-def test_sigkill_during_an_order_burst_loses_nothing_acknowledged(tmp_path: Path, seed: int) -> None:
+def test_sigkill_during_an_order_burst_loses_nothing_acknowledged(
+    sqlite_backend: Backend, tmp_path: Path, seed: int
+) -> None:
+    _crash_run(sqlite_backend, tmp_path / "server.log", seed)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.parametrize("seed", SEEDS)
+def test_sigkill_on_postgres_and_redis_loses_nothing_acknowledged(
+    postgres_backend: Backend, tmp_path: Path, seed: int
+) -> None:
+    _crash_run(postgres_backend, tmp_path / "server.log", seed)
+
+
+def _crash_run(backend: Backend, log: Path, seed: int) -> None:
     rng = random.Random(seed)
     started = time.monotonic()
-    data_dir, log = tmp_path / "data", tmp_path / "server.log"
     email, password = f"crash-{seed}@example.com", "a crash-test password"
 
-    with running_server(data_dir, log) as server:
+    with running_server(backend, log) as server:
         r = httpx.post(server.base + "/api/v1/auth/register", json={"email": email, "password": password}, timeout=20)
         assert r.status_code == 201, r.text
         token = _login(server.base, email, password)
@@ -284,20 +437,36 @@ def test_sigkill_during_an_order_burst_loses_nothing_acknowledged(tmp_path: Path
         f"{burst.refused} refused"
     )
 
-    with running_server(data_dir, log) as server:
+    with running_server(backend, log) as server:
         token = _login(server.base, email, password)
         headers = {"Authorization": f"Bearer {token}"}
+        stored = _wait_until_reconciled(backend)
         with httpx.Client(base_url=server.base, headers=headers, timeout=20) as http:
             for key, (_, order_id) in burst.acked.items():
                 r = http.get(f"/api/v1/orders/{order_id}")
                 assert r.status_code == 200, (key, order_id, r.status_code, r.text)
                 assert r.json()["client_order_id"] == f"idem:{key}"
-            _check_storage(data_dir / "cival.sqlite3")
+            _check_storage(stored)
             orders_before = http.get("/api/v1/orders", params={"limit": 500}).json()["total"]
             for key, (body, order_id) in burst.acked.items():
                 r = http.post("/api/v1/orders", json=body, headers={"Idempotency-Key": key})
                 assert r.is_success, (key, r.status_code, r.text)
                 assert r.json()["id"] == order_id, (key, r.json()["id"], order_id)
             assert http.get("/api/v1/orders", params={"limit": 500}).json()["total"] == orders_before
-        _check_storage(data_dir / "cival.sqlite3")
+
+            # What a client does with a request that got no answer: send it again, with the same key.
+            by_key = {client_id: order_id for order_id, client_id, *_ in stored.orders if client_id}
+            placed = 0
+            for key, body in burst.unanswered:
+                r = http.post("/api/v1/orders", json=body, headers={"Idempotency-Key": key})
+                if f"idem:{key}" in by_key:  # stored before the kill: that order, not a second one
+                    assert r.is_success, (key, r.status_code, r.text)
+                    assert uuid.UUID(r.json()["id"]) == by_key[f"idem:{key}"], (key, r.json())
+                elif r.is_success:
+                    placed += 1
+                else:
+                    assert r.status_code in (409, 422), r.text  # refused, e.g. insufficient funds
+            total = http.get("/api/v1/orders", params={"limit": 500}).json()["total"]
+            assert total == orders_before + placed, (total, orders_before, placed)
+        _check_storage(_wait_until_reconciled(backend))
     assert time.monotonic() - started < RUN_TIMEOUT
