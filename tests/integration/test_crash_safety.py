@@ -17,13 +17,17 @@ checks that
   of a request that was in flight at the kill returns the order it stored, if it stored one, or is placed now —
   never twice — and the books still hold afterwards.
 
-Two settings, 3 seeds each in the suite:
+Three settings, 3 seeds each in the suite:
 - SQLite with the in-process cache (always): the process dying between commit and send and mid-transaction, WAL
   recovery included; the checks read the database file directly.
 - PostgreSQL + Redis (`CIVAL_TEST_DATABASE_URL` and `CIVAL_TEST_REDIS_URL`; a scratch database and a cache prefix
   per run): the deployment's setting, where the cache outlives the process — its market-data leader lease (the
   restarted process works paper orders only once the dead one's lease expires, within 5 s), the rows cached and the
   live streams; the checks read the tables as their owner.
+- Failover, on PostgreSQL + Redis: two servers, the second started once the first leads; half the clients on each;
+  the LEADER is SIGKILLed and not restarted. The survivor takes the lead when the dead lease expires, reconciles,
+  and is checked as above (the dead server's unanswered requests retried on it, as a load balancer would send
+  them); then it must work a new paper order itself (a limit that rests on its book, and its cancel).
 
 A manual soak runs many more: `CRASH_RUNS=50 .venv/bin/pytest tests/integration/test_crash_safety.py`.
 """
@@ -35,7 +39,6 @@ import os
 import random
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -47,34 +50,27 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
+import redis
 import redis.asyncio as aioredis
 from sqlalchemy import text
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 
 from cival.core.db import make_engine
 from cival.database import migrate
-from cival.database.types import ExactDecimal
-from cival.domain.portfolio import fold_trades
+from cival.services.market_data_service import LEADER_KEY
+from tests.integration._books import Stored, check_books, read_postgres, read_sqlite, wait_until_reconciled
 
 SEEDS = list(range(int(os.environ.get("CRASH_RUNS", "3"))))
 BURST = 40  # placements per run
 CLIENTS = 4
 RUN_TIMEOUT = 90.0  # seconds: a whole run (two starts, the burst, the checks) is bounded by this
-SETTLE_TIMEOUT = 20.0  # seconds for the restarted process to reconcile (on Redis: after the dead lease expires)
+SETTLE_TIMEOUT = 40.0
+"""Seconds for the paper orders to be settled after a kill: on Redis the next leader takes over once the dead one's
+lease expires (<= 5 s) and reconciles; an order that became `unknown` just as it took over is cancelled by its sweep
+(every 10 s, once unknown for 10 s)."""
 SYMBOL = "BTC/USDT"
-_MONEY = ExactDecimal(20, 8)
-_DIALECT = sqlite_dialect.dialect()
-
-
-def _dec(value: Any) -> Decimal:
-    """A money column as stored in SQLite (fixed-width text, nines' complement for negatives) back to a Decimal."""
-    result = _MONEY.process_result_value(value, _DIALECT)
-    assert result is not None
-    return result
 
 
 def _free_port() -> int:
@@ -160,16 +156,21 @@ def _orders(rng: random.Random, account: str, bid: Decimal, ask: Decimal) -> lis
     return out
 
 
-async def _burst(server: Server, token: str, bodies: list[dict[str, Any]], rng: random.Random) -> Burst:
-    """Fire the placements from CLIENTS clients; SIGKILL the server after a random number of acks and delay."""
+async def _burst(
+    victim: Server, token: str, bodies: list[dict[str, Any]], rng: random.Random, *, survivor: Server | None = None
+) -> Burst:
+    """Fire the placements from CLIENTS clients; SIGKILL `victim` after a random number of acks and delay. With a
+    `survivor`, half the clients send half the placements to it instead, and go on after the kill."""
     result = Burst()
     kill_after = rng.randint(1, BURST - CLIENTS * 2)
     kill_delay = rng.uniform(0, 0.08)
     enough = asyncio.Event()
-    queue = [(f"crash-{uuid.uuid4().hex}", body) for body in bodies]
+    keyed = [(f"crash-{uuid.uuid4().hex}", body) for body in bodies]
+    servers = [victim] if survivor is None else [victim, survivor]
+    queues = [keyed[i :: len(servers)] for i in range(len(servers))]
     headers = {"Authorization": f"Bearer {token}"}
 
-    async def client() -> None:
+    async def client(server: Server, queue: list[tuple[str, dict[str, Any]]]) -> None:
         async with httpx.AsyncClient(base_url=server.base, timeout=20, headers=headers) as http:
             while queue:
                 key, body = queue.pop(0)
@@ -189,14 +190,14 @@ async def _burst(server: Server, token: str, bodies: list[dict[str, Any]], rng: 
     async def killer() -> None:
         await enough.wait()
         await asyncio.sleep(kill_delay)  # the random moment itself, not a synchronisation
-        server.proc.send_signal(signal.SIGKILL)
+        victim.proc.send_signal(signal.SIGKILL)
 
     kill_task = asyncio.create_task(killer())
-    await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    await asyncio.gather(*(client(servers[i % len(servers)], queues[i % len(servers)]) for i in range(CLIENTS)))
     if not kill_task.done():  # every placement answered before the kill: kill now, the check is the same
         enough.set()
         await kill_task
-    server.proc.wait(timeout=10)
+    victim.proc.wait(timeout=10)
     return result
 
 
@@ -220,126 +221,6 @@ def _wait_for_book(base: str, token: str, deadline: float) -> tuple[Decimal, Dec
         time.sleep(0.05)  # polling interval under a deadline
 
 
-@dataclass(frozen=True)
-class Stored:
-    """What the checks read back, ids as UUIDs and amounts as Decimals whatever the database."""
-
-    orders: list[tuple[uuid.UUID, str | None, str, str, str, Decimal, Decimal, Decimal]]
-    """id, client_order_id, type, time_in_force, status, quantity, filled_quantity, fees."""
-    trades: list[tuple[uuid.UUID, str, str | None, uuid.UUID, str, str, Decimal, Decimal, Decimal]]
-    """order_id, exchange, external_trade_id, account_id, symbol, side, quantity, price, fees: in stored order."""
-    balances: list[tuple[str, Decimal, Decimal, Decimal]]
-    """asset, free, locked, total."""
-    positions: list[tuple[uuid.UUID, str, Decimal, Decimal]]
-    """account_id, symbol, size, average_price."""
-
-
-_ORDERS = "SELECT id, client_order_id, type, time_in_force, status, quantity, filled_quantity, fees FROM orders"
-_TRADES = (
-    "SELECT t.order_id, t.exchange, t.external_trade_id, o.account_id, t.symbol, t.side, t.quantity, t.price, t.fees "
-    "FROM trades t JOIN orders o ON o.id = t.order_id ORDER BY t.{position}"
-)
-_BALANCES = "SELECT asset, free, locked, total FROM balances"
-_POSITIONS = "SELECT account_id, symbol, size, average_price FROM positions"
-
-
-def _read_sqlite(db: Path) -> Stored:
-    def uid(value: Any) -> uuid.UUID:
-        return uuid.UUID(str(value))
-
-    with sqlite3.connect(db) as conn:
-        return Stored(
-            orders=[
-                (uid(i), c, k, t, s, _dec(q), _dec(f), _dec(fee)) for i, c, k, t, s, q, f, fee in conn.execute(_ORDERS)
-            ],
-            trades=[
-                (uid(o), e, x, uid(a), s, side, _dec(q), _dec(p), _dec(f))
-                for o, e, x, a, s, side, q, p, f in conn.execute(_TRADES.format(position="rowid"))
-            ],
-            balances=[(a, _dec(f), _dec(lk), _dec(t)) for a, f, lk, t in conn.execute(_BALANCES)],
-            positions=[(uid(a), s, _dec(size), _dec(avg)) for a, s, size, avg in conn.execute(_POSITIONS)],
-        )
-
-
-def _read_postgres(url: str) -> Stored:
-    """The tables as their owner reads them (row-level security does not apply); trades in heap order — they are
-    only ever inserted, so `ctid` order is the order they were stored in."""
-
-    async def read() -> Stored:
-        conn = await asyncpg.connect(url)
-        try:
-            return Stored(
-                orders=[tuple(r) for r in await conn.fetch(_ORDERS)],
-                trades=[tuple(r) for r in await conn.fetch(_TRADES.format(position="ctid"))],
-                balances=[tuple(r) for r in await conn.fetch(_BALANCES)],
-                positions=[tuple(r) for r in await conn.fetch(_POSITIONS)],
-            )
-        finally:
-            await conn.close()
-
-    return asyncio.run(read())
-
-
-def _unsettled(stored: Stored) -> list[str]:
-    """Orders reconciliation has yet to settle: `unknown`, or working though they cannot rest on the paper book."""
-    return [
-        f"{order_id} {kind}/{tif} {status}"
-        for order_id, _, kind, tif, status, *_ in stored.orders
-        if status == "unknown" or (status in ("pending", "partial") and (kind, tif) != ("limit", "GTC"))
-    ]
-
-
-def _wait_until_reconciled(backend: Backend) -> Stored:
-    """The stored rows once the restarted process has reconciled its paper orders (at once on SQLite; on Redis once
-    the dead process's market-data lease has expired and this one leads)."""
-    deadline = time.monotonic() + SETTLE_TIMEOUT
-    while True:
-        stored = backend.read()
-        unsettled = _unsettled(stored)
-        if not unsettled:
-            return stored
-        assert time.monotonic() < deadline, f"not reconciled after {SETTLE_TIMEOUT:g} s: {unsettled}"
-        time.sleep(0.1)  # polling interval under a deadline
-
-
-def _check_storage(stored: Stored) -> None:
-    trade_ids = [(exchange, external) for _, exchange, external, *_ in stored.trades]
-    assert len(trade_ids) == len(set(trade_ids)), f"{len(trade_ids) - len(set(trade_ids))} duplicated trades"
-    assert all(external is not None for _, external in trade_ids)
-
-    for asset, free, locked, total in stored.balances:
-        assert free + locked == total, (asset, free, locked, total)
-        assert free >= 0, (asset, free)
-        assert locked >= 0, (asset, locked)
-
-    fills: dict[uuid.UUID, tuple[Decimal, Decimal]] = {}
-    for order_id, _, _, _, _, _, quantity, _, fee in stored.trades:
-        q, f = fills.get(order_id, (Decimal(0), Decimal(0)))
-        fills[order_id] = (q + quantity, f + fee)
-    for order_id, _, _, _, _, quantity, filled, fees in stored.orders:
-        assert filled <= quantity, (order_id, filled, quantity)
-        assert (filled, fees) == fills.get(order_id, (Decimal(0), Decimal(0))), order_id
-    assert not _unsettled(stored), _unsettled(stored)
-
-    @dataclass
-    class _Trade:
-        symbol: str
-        side: str
-        quantity: Decimal
-        price: Decimal
-        fees: Decimal
-
-    by_key: dict[tuple[uuid.UUID, str], list[_Trade]] = {}
-    for _, _, _, account_id, symbol, side, quantity, price, fee in stored.trades:
-        by_key.setdefault((account_id, symbol), []).append(_Trade(symbol, side, quantity, price, fee))
-    positions = {(a, s): (size, avg) for a, s, size, avg in stored.positions}
-    for (account_id, symbol), rows in by_key.items():
-        folded = fold_trades(symbol, rows)
-        assert positions.get((account_id, symbol)) == (folded.size, folded.average_price), (symbol, folded)
-    for key, (size, _) in positions.items():
-        assert key in by_key or size == 0, f"position {key} without trades"
-
-
 # --- where a run keeps its data ---------------------------------------------------------------------------------
 
 
@@ -352,10 +233,18 @@ class Backend:
     read: Callable[[], Stored]
 
 
+def _lease_holder(backend: Backend) -> bytes | None:
+    """The instance holding the market-data leader lease in the run's Redis (which works the paper orders)."""
+    with redis.Redis.from_url(backend.env["CIVAL_REDIS_URL"]) as cache:
+        value = cache.get(backend.env["CIVAL_REDIS_PREFIX"] + LEADER_KEY)
+    assert value is None or isinstance(value, bytes)
+    return value
+
+
 @pytest.fixture
 def sqlite_backend(tmp_path: Path) -> Backend:
     data_dir = tmp_path / "data"
-    return Backend(data_dir, {}, lambda: _read_sqlite(data_dir / "cival.sqlite3"))
+    return Backend(data_dir, {}, lambda: read_sqlite(data_dir / "cival.sqlite3"))
 
 
 @pytest.fixture
@@ -376,7 +265,7 @@ async def postgres_backend(tmp_path: Path, postgres_url: str, redis_url: str) ->
         yield Backend(
             tmp_path / "data",
             {"CIVAL_DATABASE_URL": plain, "CIVAL_REDIS_URL": redis_url, "CIVAL_REDIS_PREFIX": prefix},
-            lambda: _read_postgres(plain),
+            lambda: read_postgres(plain),
         )
     finally:
         async with admin.connect() as conn:
@@ -410,63 +299,127 @@ def test_sigkill_on_postgres_and_redis_loses_nothing_acknowledged(
     _crash_run(postgres_backend, tmp_path / "server.log", seed)
 
 
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.parametrize("seed", SEEDS)
+def test_sigkill_of_the_leading_worker_hands_its_paper_orders_to_the_other(
+    postgres_backend: Backend, tmp_path: Path, seed: int
+) -> None:
+    _failover_run(postgres_backend, tmp_path, seed)
+
+
+def _register(base: str, seed: int) -> tuple[str, str]:
+    """A new trader with a funded paper account: (bearer token, account id)."""
+    email, password = f"crash-{seed}-{uuid.uuid4().hex[:8]}@example.com", "a crash-test password"
+    r = httpx.post(base + "/api/v1/auth/register", json={"email": email, "password": password}, timeout=20)
+    assert r.status_code == 201, r.text
+    token = _login(base, email, password)
+    r = httpx.post(base + "/api/v1/accounts", json={"exchange": "paper"}, headers=_bearer(token), timeout=20)
+    assert r.status_code == 201, r.text
+    return token, str(r.json()["id"])
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 def _crash_run(backend: Backend, log: Path, seed: int) -> None:
     rng = random.Random(seed)
     started = time.monotonic()
-    email, password = f"crash-{seed}@example.com", "a crash-test password"
+    with running_server(backend, log) as server:
+        token, account = _register(server.base, seed)
+        bid, ask = _wait_for_book(server.base, token, started + 30)
+        burst = asyncio.run(
+            asyncio.wait_for(_burst(server, token, _orders(rng, account, bid, ask), rng), RUN_TIMEOUT / 2)
+        )
+        assert server.proc.returncode == -signal.SIGKILL
+    _report(seed, burst)
 
     with running_server(backend, log) as server:
-        r = httpx.post(server.base + "/api/v1/auth/register", json={"email": email, "password": password}, timeout=20)
-        assert r.status_code == 201, r.text
-        token = _login(server.base, email, password)
-        r = httpx.post(
-            server.base + "/api/v1/accounts",
-            json={"exchange": "paper"},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=20,
-        )
-        assert r.status_code == 201, r.text
-        account = r.json()["id"]
-        bid, ask = _wait_for_book(server.base, token, started + 30)
-        bodies = _orders(rng, account, bid, ask)
-        burst = asyncio.run(asyncio.wait_for(_burst(server, token, bodies, rng), RUN_TIMEOUT / 2))
-        assert server.proc.returncode == -signal.SIGKILL
+        _check_after(server, token, backend, burst)
+    assert time.monotonic() - started < RUN_TIMEOUT
+
+
+def _failover_run(backend: Backend, logs: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    started = time.monotonic()
+    with running_server(backend, logs / "leader.log") as leader:
+        token, account = _register(leader.base, seed)
+        bid, ask = _wait_for_book(leader.base, token, started + 30)  # a book: the first server leads
+        first = _lease_holder(backend)
+        assert first is not None
+        with running_server(backend, logs / "follower.log") as follower:
+            bodies = _orders(rng, account, bid, ask)
+            burst = asyncio.run(
+                asyncio.wait_for(_burst(leader, token, bodies, rng, survivor=follower), RUN_TIMEOUT / 2)
+            )
+            assert leader.proc.returncode == -signal.SIGKILL
+            _report(seed, burst)
+            _check_after(follower, token, backend, burst)
+
+            # Once the follower holds the lease it works paper orders itself (while it is still taking over, an
+            # order placed on it waits for that): a limit far from the market rests there, and cancels there.
+            deadline = time.monotonic() + SETTLE_TIMEOUT
+            while _lease_holder(backend) in (first, None):
+                assert time.monotonic() < deadline, "the follower did not take the lead"
+                time.sleep(0.1)  # polling interval under a deadline
+            price = str((bid * Decimal("0.8")).quantize(Decimal("0.01")))
+            body = {
+                "account_id": account,
+                "symbol": SYMBOL,
+                "side": "buy",
+                "type": "limit",
+                "price": price,
+                "quantity": "0.001",
+            }
+            with httpx.Client(base_url=follower.base, headers=_bearer(token), timeout=20) as http:
+                r = http.post("/api/v1/orders", json=body)
+                assert r.status_code == 201, r.text
+                assert r.json()["status"] == "pending", r.json()
+                r = http.delete(f"/api/v1/orders/{r.json()['id']}")
+                assert r.status_code == 200, r.text
+                assert r.json()["status"] == "cancelled", r.json()
+            check_books(wait_until_reconciled(backend.read, SETTLE_TIMEOUT))
+    assert time.monotonic() - started < RUN_TIMEOUT
+
+
+def _report(seed: int, burst: Burst) -> None:
     assert burst.acked, "nothing was acknowledged before the kill"
     print(
         f"seed {seed}: {len(burst.acked)} acknowledged, {len(burst.unanswered)} unanswered at the kill, "
         f"{burst.refused} refused"
     )
 
-    with running_server(backend, log) as server:
-        token = _login(server.base, email, password)
-        headers = {"Authorization": f"Bearer {token}"}
-        stored = _wait_until_reconciled(backend)
-        with httpx.Client(base_url=server.base, headers=headers, timeout=20) as http:
-            for key, (_, order_id) in burst.acked.items():
-                r = http.get(f"/api/v1/orders/{order_id}")
-                assert r.status_code == 200, (key, order_id, r.status_code, r.text)
-                assert r.json()["client_order_id"] == f"idem:{key}"
-            _check_storage(stored)
-            orders_before = http.get("/api/v1/orders", params={"limit": 500}).json()["total"]
-            for key, (body, order_id) in burst.acked.items():
-                r = http.post("/api/v1/orders", json=body, headers={"Idempotency-Key": key})
-                assert r.is_success, (key, r.status_code, r.text)
-                assert r.json()["id"] == order_id, (key, r.json()["id"], order_id)
-            assert http.get("/api/v1/orders", params={"limit": 500}).json()["total"] == orders_before
 
-            # What a client does with a request that got no answer: send it again, with the same key.
-            by_key = {client_id: order_id for order_id, client_id, *_ in stored.orders if client_id}
-            placed = 0
-            for key, body in burst.unanswered:
-                r = http.post("/api/v1/orders", json=body, headers={"Idempotency-Key": key})
-                if f"idem:{key}" in by_key:  # stored before the kill: that order, not a second one
-                    assert r.is_success, (key, r.status_code, r.text)
-                    assert uuid.UUID(r.json()["id"]) == by_key[f"idem:{key}"], (key, r.json())
-                elif r.is_success:
-                    placed += 1
-                else:
-                    assert r.status_code in (409, 422), r.text  # refused, e.g. insufficient funds
-            total = http.get("/api/v1/orders", params={"limit": 500}).json()["total"]
-            assert total == orders_before + placed, (total, orders_before, placed)
-        _check_storage(_wait_until_reconciled(backend))
-    assert time.monotonic() - started < RUN_TIMEOUT
+def _check_after(server: Server, token: str, backend: Backend, burst: Burst) -> None:
+    """On `server`, once the paper orders are reconciled: the books hold, every acknowledged order is there, and
+    retries with the same `Idempotency-Key` never place an order twice."""
+    stored = wait_until_reconciled(backend.read, SETTLE_TIMEOUT)
+    with httpx.Client(base_url=server.base, headers=_bearer(token), timeout=20) as http:
+        for key, (_, order_id) in burst.acked.items():
+            r = http.get(f"/api/v1/orders/{order_id}")
+            assert r.status_code == 200, (key, order_id, r.status_code, r.text)
+            assert r.json()["client_order_id"] == f"idem:{key}"
+        check_books(stored)
+        orders_before = http.get("/api/v1/orders", params={"limit": 500}).json()["total"]
+        for key, (body, order_id) in burst.acked.items():
+            r = http.post("/api/v1/orders", json=body, headers={"Idempotency-Key": key})
+            assert r.is_success, (key, r.status_code, r.text)
+            assert r.json()["id"] == order_id, (key, r.json()["id"], order_id)
+        assert http.get("/api/v1/orders", params={"limit": 500}).json()["total"] == orders_before
+
+        # What a client does with a request that got no answer: send it again, with the same key.
+        by_key = {client_id: order_id for order_id, client_id, *_ in stored.orders if client_id}
+        placed = 0
+        for key, body in burst.unanswered:
+            r = http.post("/api/v1/orders", json=body, headers={"Idempotency-Key": key})
+            if f"idem:{key}" in by_key:  # stored before the kill: that order, not a second one
+                assert r.is_success, (key, r.status_code, r.text)
+                assert uuid.UUID(r.json()["id"]) == by_key[f"idem:{key}"], (key, r.json())
+            elif r.is_success:
+                placed += 1
+            else:
+                assert r.status_code in (409, 422), r.text  # refused, e.g. insufficient funds
+        total = http.get("/api/v1/orders", params={"limit": 500}).json()["total"]
+        assert total == orders_before + placed, (total, orders_before, placed)
+    check_books(wait_until_reconciled(backend.read, SETTLE_TIMEOUT))

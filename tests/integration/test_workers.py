@@ -7,9 +7,12 @@ Without a leader, an order stays `unknown` until the leader's sweep settles it.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
+from unittest.mock import patch
 
 import pytest
 from fastapi import FastAPI
@@ -51,6 +54,14 @@ async def _trader(app: FastAPI) -> tuple[Identities, Caller, str]:
     response = await user.post(ACCOUNTS, json={"exchange": "paper"})
     assert response.status_code == 201, response.text
     return ids, user, response.json()["id"]
+
+
+def _resting_buy(account: str) -> dict[str, str]:
+    """A limit buy far below the market: it rests wherever it is worked."""
+    return {
+        "account_id": account, "symbol": "BTC/USDT", "side": "buy", "type": "limit", "quantity": "0.01",
+        "price": "1000",
+    }  # fmt: skip
 
 
 async def _locked(registry: ServiceRegistry, account: str, asset: str) -> Decimal:
@@ -116,11 +127,7 @@ async def test_without_a_leader_an_order_is_unknown_until_the_leader_settles_it(
 ) -> None:
     ids, user, account = await _trader(isolated_worker)
     async with ids:
-        body = {
-            "account_id": account, "symbol": "BTC/USDT", "side": "buy", "type": "limit", "quantity": "0.01",
-            "price": "1000",
-        }  # fmt: skip
-        response = await user.post(ORDERS, json=body)
+        response = await user.post(ORDERS, json=_resting_buy(account))
         assert response.status_code == 201, response.text
         assert response.json()["status"] == "unknown"  # stored, acknowledged, not worked: never rejected
         assert await _locked(registry, account, "USDT") > 0
@@ -133,3 +140,47 @@ async def test_without_a_leader_an_order_is_unknown_until_the_leader_settles_it(
         order = (await user.get(f"{ORDERS}/{response.json()['id']}")).json()
         assert order["status"] == "cancelled"
         assert await _locked(registry, account, "USDT") == 0
+
+
+async def test_a_worker_taking_the_lead_works_the_order_it_is_placing(
+    registry: ServiceRegistry, market: MarketDataService, isolated_worker: FastAPI
+) -> None:
+    """A worker asks the leader for an order while it is itself taking the lead (the leader died; its lease just
+    expired): no one answers, so once this worker leads it works the order itself — it rests on this worker's book,
+    `pending` — where it used to be left `unknown`, even on this worker's own book. Its reconciliation, which reads
+    the order while it is being placed, leaves it to the placement."""
+    worker: ServiceRegistry = isolated_worker.state.registry
+    orders = worker.orders
+    assert not worker.paper.active
+    ask_leader, reconcile = orders.route.request, orders.reconcile
+    asked = asyncio.Event()
+    reconciled: list[int] = []
+
+    async def request(op: str, order_id: uuid.UUID) -> dict[str, Any] | None:
+        reply = await ask_leader(op, order_id)  # no leader listens: no answer
+        asked.set()
+        return reply
+
+    async def reconcile_once_asked() -> int:
+        await asked.wait()  # the takeover reads the orders while the placement waits for its answer
+        reconciled.append(await reconcile())
+        return reconciled[-1]
+
+    ids, user, account = await _trader(isolated_worker)
+    with (
+        patch.object(orders.route, "request", request),
+        patch.object(orders, "reconcile", reconcile_once_asked),
+    ):
+        takeover = asyncio.create_task(orders.on_leadership(True))
+        async with ids:
+            response = await user.post(ORDERS, json=_resting_buy(account))
+            await takeover
+            assert response.status_code == 201, response.text
+            order_id = response.json()["id"]
+            assert response.json()["status"] == "pending", response.json()
+            assert worker.paper.active
+            assert worker.paper.is_working("BTC/USDT", order_id)
+            assert reconciled == [0]  # the reconciliation left the order being placed alone
+            stored = (await user.get(f"{ORDERS}/{order_id}")).json()
+            assert stored["status"] == "pending"
+            assert await _locked(registry, account, "USDT") > 0

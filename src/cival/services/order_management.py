@@ -130,7 +130,10 @@ class OrderManagementService:
         paper.sink = self.apply_events
         self._accounts: dict[tuple[uuid.UUID, uuid.UUID], str] = {}  # (user, account) -> exchange: never changes
         self._sending: set[uuid.UUID] = set()  # stored, not yet handed to the venue
+        self._routing: set[uuid.UUID] = set()  # stored, asked of the leader, not yet answered
         self._cancel_before_send: set[uuid.UUID] = set()
+        self._taken_over = asyncio.Event()  # cleared while this process takes the lead of the paper exchange
+        self._taken_over.set()
 
     # --- placing ---------------------------------------------------------------------------------------------
 
@@ -309,11 +312,21 @@ class OrderManagementService:
         return changes.answer(order)  # built while the batch's COMMIT was in flight
 
     async def _route_submit(self, order: OrderRow) -> OrderOut:
-        reply = await self.route.request("submit", order.id)
-        if reply is not None and "order" in reply:
-            return OrderOut.model_validate(reply["order"])
-        log.warning("no answer from the paper exchange; outcome unknown", order_id=str(order.id), reply=reply)
-        return await self._mark_unknown(order)
+        self._routing.add(order.id)  # a reconciliation meanwhile leaves it to this call (`reconcile`)
+        try:
+            reply = await self.route.request("submit", order.id)
+            if reply is None:
+                # No leader answered. If this process is taking the lead right now, its request found no one
+                # listening yet: once it leads, it works the order itself, as it would a late request.
+                await self._taken_over.wait()
+                if self.paper.active:
+                    reply = await self.work("submit", order.id)
+            if reply is not None and "order" in reply:
+                return OrderOut.model_validate(reply["order"])
+            log.warning("no answer from the paper exchange; outcome unknown", order_id=str(order.id), reply=reply)
+            return await self._mark_unknown(order)
+        finally:
+            self._routing.discard(order.id)
 
     async def _mark_unknown(self, order: OrderRow) -> OrderOut:
         """Unknown, unless the venue answered meanwhile (a late answer wins: it is what happened)."""
@@ -334,9 +347,13 @@ class OrderManagementService:
         """Become (or stop being) the process that works paper orders."""
         if leading:
             self.paper.active = False  # while the books are rebuilt, nothing reaches the engines
-            await self.reconcile()
-            self.paper.active = True
-            await self.route.serve(self.work)
+            self._taken_over.clear()
+            try:
+                await self.reconcile()
+                self.paper.active = True
+                await self.route.serve(self.work)
+            finally:
+                self._taken_over.set()
             if self._sweeper is None or self._sweeper.done():
                 self._sweeper = asyncio.create_task(self._sweep(), name="unknown-order-sweep")
         else:
@@ -524,7 +541,11 @@ class OrderManagementService:
         A paper order that cannot rest (a market/IOC/FOK order stored but never answered: the process died between
         commit and send, or the send timed out) is cancelled and its reservation released: the in-process venue
         that could have filled it is gone, and nothing was stored of a fill.
+
+        Orders this process is placing right now (stored, being sent or asked of a leader that no longer answers)
+        are left to their placement: it works them here once this process leads (`_route_submit`).
         """
+        in_flight = self._sending | self._routing  # before the read too: its rows may predate a placement's end
         async with self.database.system_session(read_only=True) as session:
             rows = (
                 await session.scalars(
@@ -540,7 +561,10 @@ class OrderManagementService:
             ).all()
         restorable: dict[str, list[OpenOrder]] = {}
         orphans: list[Event] = []
+        in_flight |= self._sending | self._routing
         for row in rows:
+            if row.id in in_flight:
+                continue
             rests = (
                 (row.type == "limit" and row.time_in_force == "GTC")
                 or row.type == "stop"

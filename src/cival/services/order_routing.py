@@ -9,7 +9,8 @@ would each fill it.
 No answer within `order_route_timeout_seconds` (no leader yet, leader gone or overloaded) leaves a submitted order
 `unknown`, never rejected. The leader settles unknown orders: a late request still works the order (it becomes
 pending, or fills), and its periodic sweep cancels an unknown order that is not on its engines after twice the
-timeout (the request never arrived; the order's reserved funds are released).
+timeout (the request never arrived; the order's reserved funds are released). A worker that is itself taking the
+lead works its own unanswered orders once it leads (`OrderManagement._route_submit`, D22).
 """
 
 from __future__ import annotations
