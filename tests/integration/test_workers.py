@@ -184,3 +184,35 @@ async def test_a_worker_taking_the_lead_works_the_order_it_is_placing(
             stored = (await user.get(f"{ORDERS}/{order_id}")).json()
             assert stored["status"] == "pending"
             assert await _locked(registry, account, "USDT") > 0
+
+
+async def test_an_order_placed_while_its_worker_takes_the_lead_waits_for_it(
+    registry: ServiceRegistry, market: MarketDataService, isolated_worker: FastAPI
+) -> None:
+    """Between taking the lease and leading (its market feed starting, its books rebuilt), a worker's own placement
+    finds no leader listening: it waits for the takeover and is worked by the new leader, not left `unknown`."""
+    worker: ServiceRegistry = isolated_worker.state.registry
+    orders, feed = worker.orders, worker.market_data.feed
+    assert not worker.paper.active
+    ask_leader, start_feed = orders.route.request, feed.start
+    asked = asyncio.Event()
+
+    async def request(op: str, order_id: uuid.UUID) -> dict[str, Any] | None:
+        reply = await ask_leader(op, order_id)  # no leader listens: no answer
+        asked.set()
+        return reply
+
+    async def start_once_asked(*args: Any, **kwargs: Any) -> None:
+        await asked.wait()  # the lease is taken (the takeover has begun); the feed starts after the request
+        await start_feed(*args, **kwargs)
+
+    ids, user, account = await _trader(isolated_worker)
+    with patch.object(orders.route, "request", request), patch.object(feed, "start", start_once_asked):
+        takeover = asyncio.create_task(worker.market_data.become_leader())
+        async with ids:
+            response = await user.post(ORDERS, json=_resting_buy(account))
+            await takeover
+            assert response.status_code == 201, response.text
+            assert response.json()["status"] == "pending", response.json()
+            assert worker.paper.is_working("BTC/USDT", response.json()["id"])
+            assert (await user.get(f"{ORDERS}/{response.json()['id']}")).json()["status"] == "pending"

@@ -150,6 +150,7 @@ class ServiceRegistry:
         self.portfolio = PortfolioTracker(self.database, self.usd_prices, s.paper_starting_balances)
         self._started.append("orders")
         # Whichever worker leads market data works paper orders: it rebuilds the books from the database first.
+        market.takeover_listeners.append(self.orders.taking_lead)
         market.leadership_listeners.append(self.orders.on_leadership)
         market.feed.listeners.append(self.paper.on_market)
         market.feed.listeners.append(self.risk.on_market)  # automatic kill switch trips on daily loss

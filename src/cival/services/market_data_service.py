@@ -104,6 +104,9 @@ class MarketDataService:
         self.is_leader = False
         # Called with True when this instance starts leading and False when it stops (the paper exchange follows).
         self.leadership_listeners: list[Callable[[bool], Awaitable[None]]] = []
+        # Called the moment this instance starts taking the lead, before its feed starts (the paper exchange's
+        # placements then wait for the takeover rather than find no leader).
+        self.takeover_listeners: list[Callable[[], None]] = []
 
     # --- life cycle ------------------------------------------------------------------------------------
 
@@ -181,6 +184,8 @@ class MarketDataService:
         """Start the feed (its sources continue from the last stored prices and the last day of 1m candles) and tell
         the leadership listeners."""
         start = start_time or datetime.now(UTC).replace(microsecond=0)
+        for listener in self.takeover_listeners:
+            listener()
         await self.feed.start(start, replay=self._replay())
         self.is_leader = True
         log.info("leading market data", instance=self.instance_id, pairs=len(self.feed.pairs))

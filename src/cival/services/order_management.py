@@ -318,7 +318,9 @@ class OrderManagementService:
             if reply is None:
                 # No leader answered. If this process is taking the lead right now, its request found no one
                 # listening yet: once it leads, it works the order itself, as it would a late request.
-                await self._taken_over.wait()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.route.timeout):
+                        await self._taken_over.wait()
                 if self.paper.active:
                     reply = await self.work("submit", order.id)
             if reply is not None and "order" in reply:
@@ -343,6 +345,11 @@ class OrderManagementService:
 
     # --- the process that works paper orders (the market-data leader) ---------------------------------------
 
+    def taking_lead(self) -> None:
+        """This process has just taken the market-data lease: until `on_leadership(True)` has rebuilt the books, a
+        placement whose request finds no leader waits for it (at most the route's timeout) and is worked here."""
+        self._taken_over.clear()
+
     async def on_leadership(self, leading: bool) -> None:
         """Become (or stop being) the process that works paper orders."""
         if leading:
@@ -358,6 +365,7 @@ class OrderManagementService:
                 self._sweeper = asyncio.create_task(self._sweep(), name="unknown-order-sweep")
         else:
             self.paper.active = False
+            self._taken_over.set()
             await self.route.stop_serving()
             await self._stop_sweeper()
             self.paper.reset()
