@@ -40,7 +40,8 @@ class Stored:
     orders: list[tuple[uuid.UUID, str | None, str, str, str, Decimal, Decimal, Decimal]]
     """id, client_order_id, type, time_in_force, status, quantity, filled_quantity, fees."""
     trades: list[tuple[uuid.UUID, str, str | None, uuid.UUID, str, str, Decimal, Decimal, Decimal]]
-    """order_id, exchange, external_trade_id, account_id, symbol, side, quantity, price, fees: in stored order."""
+    """order_id, exchange, external_trade_id, account_id, symbol, side, quantity, price, fees: in the order they were
+    applied — `created_at`, strictly increasing per process (`EventApplier._now`), as the portfolio tracker folds."""
     balances: list[tuple[str, Decimal, Decimal, Decimal]]
     """asset, free, locked, total."""
     positions: list[tuple[uuid.UUID, str, Decimal, Decimal]]
@@ -50,43 +51,53 @@ class Stored:
 _ORDERS = "SELECT id, client_order_id, type, time_in_force, status, quantity, filled_quantity, fees FROM orders"
 _TRADES = (
     "SELECT t.order_id, t.exchange, t.external_trade_id, o.account_id, t.symbol, t.side, t.quantity, t.price, t.fees "
-    "FROM trades t JOIN orders o ON o.id = t.order_id ORDER BY t.{position}"
+    "FROM trades t JOIN orders o ON o.id = t.order_id ORDER BY t.created_at, t.external_trade_id"
 )
 _BALANCES = "SELECT asset, free, locked, total FROM balances"
 _POSITIONS = "SELECT account_id, symbol, size, average_price FROM positions"
 
 
 def read_sqlite(db: Path) -> Stored:
+    """The four tables in ONE read transaction: the server keeps working meanwhile (a resting order may fill as the
+    market moves), and reads from separate snapshots could pair a position with trades it does not include yet."""
+
     def uid(value: Any) -> uuid.UUID:
         return uuid.UUID(str(value))
 
-    with sqlite3.connect(db) as conn:
-        return Stored(
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        stored = Stored(
             orders=[
                 (uid(i), c, k, t, s, _dec(q), _dec(f), _dec(fee)) for i, c, k, t, s, q, f, fee in conn.execute(_ORDERS)
             ],
             trades=[
                 (uid(o), e, x, uid(a), s, side, _dec(q), _dec(p), _dec(f))
-                for o, e, x, a, s, side, q, p, f in conn.execute(_TRADES.format(position="rowid"))
+                for o, e, x, a, s, side, q, p, f in conn.execute(_TRADES)
             ],
             balances=[(a, _dec(f), _dec(lk), _dec(t)) for a, f, lk, t in conn.execute(_BALANCES)],
             positions=[(uid(a), s, _dec(size), _dec(avg)) for a, s, size, avg in conn.execute(_POSITIONS)],
         )
+        conn.execute("ROLLBACK")
+        return stored
+    finally:
+        conn.close()
 
 
 def read_postgres(url: str) -> Stored:
-    """The tables as their owner reads them (row-level security does not apply); trades in heap order — they are
-    only ever inserted, so `ctid` order is the order they were stored in."""
+    """The tables as their owner reads them (row-level security does not apply), in ONE repeatable-read snapshot
+    (see `read_sqlite`)."""
 
     async def read() -> Stored:
         conn = await asyncpg.connect(url)
         try:
-            return Stored(
-                orders=[tuple(r) for r in await conn.fetch(_ORDERS)],
-                trades=[tuple(r) for r in await conn.fetch(_TRADES.format(position="ctid"))],
-                balances=[tuple(r) for r in await conn.fetch(_BALANCES)],
-                positions=[tuple(r) for r in await conn.fetch(_POSITIONS)],
-            )
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                return Stored(
+                    orders=[tuple(r) for r in await conn.fetch(_ORDERS)],
+                    trades=[tuple(r) for r in await conn.fetch(_TRADES)],
+                    balances=[tuple(r) for r in await conn.fetch(_BALANCES)],
+                    positions=[tuple(r) for r in await conn.fetch(_POSITIONS)],
+                )
         finally:
             await conn.close()
 

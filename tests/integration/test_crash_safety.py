@@ -12,7 +12,7 @@ checks that
 - free + locked = total and free, locked >= 0 for every balance; filled <= quantity for every order, and its filled
   quantity and fees are the sums of its trades; no order is left `unknown`, and only resting GTC limits are still
   working;
-- every position equals the fold of its trades (`cival.domain.portfolio.fold_trades`, in the order they were stored);
+- every position equals the fold of its trades (`cival.domain.portfolio.fold_trades`, in the order they were applied);
 - a retry of an acknowledged request with the same `Idempotency-Key` returns the same order, not a new one; a retry
   of a request that was in flight at the kill returns the order it stored, if it stored one, or is placed now —
   never twice — and the books still hold afterwards.
@@ -23,7 +23,7 @@ Three settings, 3 seeds each in the suite:
 - PostgreSQL + Redis (`CIVAL_TEST_DATABASE_URL` and `CIVAL_TEST_REDIS_URL`; a scratch database and a cache prefix
   per run): the deployment's setting, where the cache outlives the process — its market-data leader lease (the
   restarted process works paper orders only once the dead one's lease expires, within 5 s), the rows cached and the
-  live streams; the checks read the tables as their owner.
+  live streams; the checks read the tables as their owner, in one snapshot.
 - Failover, on PostgreSQL + Redis: two servers, the second started once the first leads; half the clients on each;
   the LEADER is SIGKILLed and not restarted. The survivor takes the lead when the dead lease expires, reconciles,
   and is checked as above (the dead server's unanswered requests retried on it, as a load balancer would send
