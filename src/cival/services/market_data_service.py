@@ -181,8 +181,8 @@ class MarketDataService:
         return await self.cache.add(LEADER_KEY, me, ttl=ttl) or await self.cache.renew(LEADER_KEY, me, ttl=ttl)
 
     async def become_leader(self, *, start_time: datetime | None = None) -> None:
-        """Start the feed (its sources continue from the last stored prices and the last day of 1m candles) and tell
-        the leadership listeners."""
+        """Tell the takeover listeners, start the feed (its sources continue from the last stored prices and the last
+        day of 1m candles), then tell the leadership listeners."""
         start = start_time or datetime.now(UTC).replace(microsecond=0)
         for listener in self.takeover_listeners:
             listener()
