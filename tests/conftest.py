@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -68,18 +69,14 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cival-data")
 
 
-@pytest.fixture(scope="session")
-async def database_url(data_dir: Path) -> AsyncIterator[str]:
-    """A brand-new, migrated database for this test run."""
-    if not TEST_DATABASE_URL:
-        url = f"sqlite+aiosqlite:///{data_dir / 'test.sqlite3'}"
-        await migrate.upgrade(url)
-        yield url
-        return
-    server = make_url(_async_pg_url(TEST_DATABASE_URL))
-    name = f"cival_test_{uuid.uuid4().hex[:12]}"
+@asynccontextmanager
+async def scratch_database(server_url: str, prefix: str) -> AsyncIterator[str]:
+    """A brand-new, migrated database named `prefix_<random>` on `server_url`'s PostgreSQL server (its URL, async
+    driver), dropped afterwards."""
+    server = make_url(_async_pg_url(server_url))
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = make_engine(server.render_as_string(hide_password=False), app_role=False)
-    admin = admin.execution_options(isolation_level="AUTOCOMMIT")  # type: ignore[assignment]
+    admin = admin.execution_options(isolation_level="AUTOCOMMIT")
     async with admin.connect() as conn:
         await conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = server.set(database=name).render_as_string(hide_password=False)
@@ -90,6 +87,18 @@ async def database_url(data_dir: Path) -> AsyncIterator[str]:
         async with admin.connect() as conn:
             await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         await admin.dispose()
+
+
+@pytest.fixture(scope="session")
+async def database_url(data_dir: Path) -> AsyncIterator[str]:
+    """A brand-new, migrated database for this test run."""
+    if not TEST_DATABASE_URL:
+        url = f"sqlite+aiosqlite:///{data_dir / 'test.sqlite3'}"
+        await migrate.upgrade(url)
+        yield url
+        return
+    async with scratch_database(TEST_DATABASE_URL, "cival_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -54,12 +54,10 @@ import httpx
 import pytest
 import redis
 import redis.asyncio as aioredis
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from cival.core.db import make_engine
-from cival.database import migrate
 from cival.services.market_data_service import LEADER_KEY
+from tests.conftest import scratch_database
 from tests.integration._books import Stored, check_books, read_postgres, read_sqlite, wait_until_reconciled
 
 SEEDS = list(range(int(os.environ.get("CRASH_RUNS", "3"))))
@@ -251,26 +249,16 @@ def sqlite_backend(tmp_path: Path) -> Backend:
 async def postgres_backend(tmp_path: Path, postgres_url: str, redis_url: str) -> AsyncIterator[Backend]:
     """A scratch database on the test server (migrated, dropped afterwards) and a cache prefix of its own on the test
     Redis (its keys deleted afterwards): the restarted server finds the dead one's cache as it left it."""
-    server = make_url(postgres_url)
-    name = f"cival_crash_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(server.render_as_string(hide_password=False), app_role=False)
-    admin = admin.execution_options(isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = server.set(database=name)
     prefix = f"cival-crash:{uuid.uuid4().hex[:12]}:"
     try:
-        await migrate.upgrade(url.render_as_string(hide_password=False))
-        plain = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        yield Backend(
-            tmp_path / "data",
-            {"CIVAL_DATABASE_URL": plain, "CIVAL_REDIS_URL": redis_url, "CIVAL_REDIS_PREFIX": prefix},
-            lambda: read_postgres(plain),
-        )
+        async with scratch_database(postgres_url, "cival_crash") as url:
+            plain = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+            yield Backend(
+                tmp_path / "data",
+                {"CIVAL_DATABASE_URL": plain, "CIVAL_REDIS_URL": redis_url, "CIVAL_REDIS_PREFIX": prefix},
+                lambda: read_postgres(plain),
+            )
     finally:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.dispose()
         cache = aioredis.from_url(redis_url)
         try:
             keys = [key async for key in cache.scan_iter(match=f"{prefix}*", count=1000)]
